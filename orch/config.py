@@ -1,0 +1,177 @@
+"""Configuration: one frozen Config built from the environment (and `.env`), validated with clear errors.
+
+Only `orchestrator.py` calls `load()`; everything else receives the Config it builds.
+"""
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+MODES = ("server", "client")
+SERVICE_PREFIX = "SERVICE_"
+SERVICE_SETTINGS = ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL", "RUNS_PER_USER", "MAX_RUNS")
+SERVICE_VARIABLE = re.compile(rf"SERVICE_(?P<name>[A-Za-z0-9_]+?)_(?P<setting>{'|'.join(SERVICE_SETTINGS)})")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Where a service's client listens and how many of its jobs may run at once."""
+
+    name: str
+    upload_url: str
+    download_url: str
+    terminate_url: str
+    runs_per_user: int = 5
+    max_runs: int = 10
+
+    @property
+    def partial_url(self) -> str:
+        """The download URL with its last path segment replaced by `retrieve_partial` (as the original does)."""
+        return sibling_url(self.download_url, "retrieve_partial")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of both modes. Field `x_y` is read from the variable `X_Y` (see `.env.sample`)."""
+
+    mode: str
+    host: str
+    port: int
+    db_path: Path
+    data_path: Path
+    max_age: float = 864000
+    max_upload_size: int = 400 * 1024 * 1024
+    log_level: str = "INFO"
+    sender_interval: float = 0.5
+    getter_interval: float = 0.5
+    runner_interval: float = 0.5
+    cleaner_interval: float = 60
+    kill_grace: float = 5
+    http_connect_timeout: float = 5
+    http_timeout: float = 600
+    services: dict[str, ServiceConfig] = field(default_factory=dict)
+
+
+# Defaults that differ by mode, so a server and a client started side by side never share files or a port.
+MODE_DEFAULTS = {
+    "server": {"host": "0.0.0.0", "port": 5000, "db_path": "server.sqlite", "data_path": "data/server"},
+    "client": {"host": "127.0.0.1", "port": 9000, "db_path": "client.sqlite", "data_path": "data/client"},
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def variable_name(field_name: str) -> str:
+    """The environment variable that sets a Config field."""
+    return field_name.upper()
+
+
+def settings_variables() -> list[str]:
+    """Every plain (non-service) variable a Config reads, in field order."""
+    return [variable_name(f.name) for f in fields(Config) if f.name not in ("mode", "services")]
+
+
+def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None) -> Config:
+    """Build and validate the Config of `mode` from `env` (variables) and `overrides` (command-line flags).
+
+    Raises ValueError with a one-line message naming the offending variable.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    values = {**env, **(overrides or {})}
+    defaults = {f.name: f.default for f in fields(Config) if f.name not in ("mode", "services")}
+    defaults.update(MODE_DEFAULTS[mode])
+    parsed = {}
+    for name, default in defaults.items():
+        raw = values.get(variable_name(name))
+        parsed[name] = default if raw is None or raw.strip() == "" else _parse(name, raw.strip(), type(default))
+    for path_name in ("db_path", "data_path"):
+        parsed[path_name] = Path(parsed[path_name]).expanduser().absolute()
+    services = parse_services(env) if mode == "server" else {}
+    config = Config(mode=mode, services=services, **parsed)
+    validate(config)
+    return config
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    variable = variable_name(name)
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{variable} must be a whole number, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{variable} must be a number, got {raw!r}") from None
+    if kind is str and name == "log_level":
+        return raw.upper()
+    return raw
+
+
+def validate(config: Config) -> None:
+    """Raise ValueError naming the first variable whose value cannot work."""
+    if not 0 <= config.port <= 65535:
+        raise ValueError(f"PORT must be between 0 and 65535, got {config.port}")
+    if config.log_level not in LOG_LEVELS:
+        raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    positive = ("max_age", "max_upload_size", "sender_interval", "getter_interval", "runner_interval",
+                "cleaner_interval", "http_connect_timeout", "http_timeout")
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{variable_name(name)} must be greater than 0, got {getattr(config, name)}")
+    if config.kill_grace < 0:
+        raise ValueError(f"KILL_GRACE must be 0 or more, got {config.kill_grace}")
+    if config.http_timeout <= config.kill_grace:
+        raise ValueError("HTTP_TIMEOUT must be longer than KILL_GRACE, or terminations time out before a kill ends")
+
+
+def parse_services(env: dict[str, str]) -> dict[str, ServiceConfig]:
+    """Collect SERVICE_<NAME>_<SETTING> variables into ServiceConfigs keyed by the lower-cased name.
+
+    Unlike the original, names may contain underscores (the setting is matched from the end), a variable
+    with an unknown setting is an error rather than a silent phantom service, and URLs are checked.
+    """
+    raw: dict[str, dict[str, tuple[str, str]]] = {}
+    for variable, value in sorted(env.items()):
+        if not variable.startswith(SERVICE_PREFIX):
+            continue
+        match = SERVICE_VARIABLE.fullmatch(variable)
+        if not match:
+            raise ValueError(f"{variable} is not a service setting (expected SERVICE_<NAME>_<SETTING> with "
+                             f"<SETTING> one of {', '.join(SERVICE_SETTINGS)})")
+        raw.setdefault(match["name"].lower(), {})[match["setting"]] = (variable, value.strip())
+    return {name: _service(name, settings) for name, settings in raw.items()}
+
+
+def _service(name: str, settings: dict[str, tuple[str, str]]) -> ServiceConfig:
+    prefix = f"SERVICE_{name.upper()}_"
+    for required in ("UPLOAD_URL", "DOWNLOAD_URL"):
+        if not settings.get(required, ("", ""))[1]:
+            raise ValueError(f"{prefix}{required} is required for service {name!r}")
+    urls = {}
+    for setting in ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL"):
+        variable, value = settings.get(setting, (prefix + setting, ""))
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{variable} must be an http:// or https:// URL, got {value!r}")
+        urls[setting.lower()] = value.rstrip("/")
+    # The original needs TERMINATE_URL spelled out; here it defaults to the client's /kill beside /retrieve.
+    urls["terminate_url"] = urls["terminate_url"] or sibling_url(urls["download_url"], "kill")
+    limits = {}
+    for setting, default in (("RUNS_PER_USER", 5), ("MAX_RUNS", 10)):
+        variable, value = settings.get(setting, (prefix + setting, str(default)))
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{variable} must be a whole number of at least 1, got {value!r}")
+        limits[setting.lower()] = int(value)
+    return ServiceConfig(name=name, **urls, **limits)
+
+
+def sibling_url(url: str, segment: str) -> str:
+    """Replace the last path segment of `url` by `segment` (`http://c:9000/retrieve` -> `http://c:9000/kill`)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    head = path.rsplit("/", 1)[0] if "/" in path else ""
+    return parts._replace(path=f"{head}/{segment}").geturl()

@@ -1,0 +1,50 @@
+"""Domain errors. Each carries the HTTP status it maps to; `handlers.base.BaseHandler` turns them into the
+one error body of the API, `{"id", "status", "message"}` (the job's id and status when the error concerns one).
+"""
+
+
+class OrchError(Exception):
+    """An error with a message meant for the caller."""
+
+    status = 500
+
+    def __init__(self, message: str, job_id: int = 0, job_status: str = "Unknown"):
+        super().__init__(message)
+        self.message = message
+        self.job_id = job_id
+        self.job_status = job_status
+
+
+class BadRequest(OrchError):
+    status = 400
+
+
+class NotFound(OrchError):
+    status = 404
+
+
+class Conflict(OrchError):
+    status = 409
+
+
+class PayloadTooLarge(OrchError):
+    status = 413
+
+
+class ClientError(OrchError):
+    """A call to a service's client failed: `code` is its HTTP status, or 599 when it could not be reached."""
+
+    status = 502
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying later: the client was unreachable, timed out or failed on its side."""
+        return self.code >= 500
+
+
+class InvalidTransition(Conflict):
+    """A status change the state machine does not allow."""

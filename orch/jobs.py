@@ -1,0 +1,175 @@
+"""Server-side operations on jobs: create, look up, terminate, fetch a partial result, recover after a restart.
+
+A job's files live in `DATA_PATH/<folder>/`: the uploaded files in `input/`, the result in `result.zip`.
+"""
+
+import asyncio
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from orch import storage
+from orch.context import Context
+from orch.errors import BadRequest, ClientError, Conflict, NotFound
+from orch.models import Job, create, transition
+from orch.states import Status
+
+log = logging.getLogger(__name__)
+
+INPUT = "input"
+RESULT = "result.zip"
+INT32 = range(-(2**31), 2**31)
+FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
+TERMINATE_ATTEMPTS = 5
+
+
+def folder(ctx: Context, job: Job) -> Path:
+    return ctx.data_path / job.folder
+
+
+def as_json(job: Job, message: str | None = None) -> dict:
+    """The status body of the API: id, status and message."""
+    return {"id": job.id, "status": job.status, "message": job.message if message is None else message}
+
+
+def get(job_id: int) -> Job:
+    """The job with this id; NotFound otherwise."""
+    job = Job.get_or_none(Job.id == job_id)
+    if job is None:
+        raise NotFound(f"Job {job_id} not found in the database")
+    return job
+
+
+def create_job(ctx: Context, fields: dict[str, str], staging: Path) -> Job:
+    """Queue a job for the files received in `staging`, after checking the upload's fields; the files
+    become the job folder's `input/`.
+
+    Raises BadRequest with the original's messages when a field is missing or wrong (nothing moved).
+    """
+    raw_user = fields.get("user_id")
+    if raw_user is None:
+        raise BadRequest("Missing user_id field")
+    if not re.fullmatch(r"-?[0-9]+", raw_user) or int(raw_user) not in INT32:
+        raise BadRequest("Invalid user_id, should be a number")
+    service = fields.get("service")
+    if service is None:
+        raise BadRequest("Missing service field")
+    if service not in ctx.config.services:
+        raise BadRequest("Invalid service")
+    job_folder = ctx.data_path / staging.name
+    job_folder.mkdir()
+    staging.rename(job_folder / INPUT)
+    try:
+        job = create(Job, Status.QUEUED, ctx.clock(), reason="uploaded", user_id=int(raw_user),
+                     service=service, folder=job_folder.name)
+    except Exception:
+        storage.remove(job_folder)
+        raise
+    ctx.wake("sender")
+    return job
+
+
+async def terminate(ctx: Context, job_id: int) -> Job:
+    """Stop a job: a queued one is cancelled here, a dispatched one killed on its client.
+
+    Returns the Killed job. Raises NotFound, Conflict (already finished: nothing changes), or ClientError
+    when its client cannot be reached (the job keeps its status).
+    """
+    for _ in range(TERMINATE_ATTEMPTS):
+        job = get(job_id)
+        status = Status(job.status)
+        if status == Status.QUEUED:
+            if transition(Job, job_id, status, Status.KILLED, ctx.clock(), "job terminated"):
+                return get(job_id)
+        elif status == Status.PROCESSING:
+            await _settled(ctx, ("send", job_id))
+        elif status in (Status.SUBMITTED, Status.RUNNING, Status.LOCKED):
+            # Concurrent terminates of one job share a single call to its client.
+            return await ctx.inflight.start(("terminate", job_id), lambda job=job: _kill_on_client(ctx, job))
+        else:
+            raise Conflict(f"job {job_id} is already {status}", job_id, status)
+    raise Conflict(f"job {job_id} keeps changing status; try again", job_id, get(job_id).status)
+
+
+async def _settled(ctx: Context, key: tuple) -> None:
+    task = ctx.inflight.get(key)
+    if task is not None:
+        await asyncio.wait([task])
+    else:
+        await asyncio.sleep(0.05)  # the job is between two steps of a task; look again shortly
+
+
+async def _kill_on_client(ctx: Context, job: Job) -> Job:
+    previous = Status(job.status)
+    if previous == Status.LOCKED or not transition(Job, job.id, previous, Status.LOCKED, ctx.clock()):
+        raise Conflict(f"job {job.id} is being terminated already", job.id, Status.LOCKED)
+    service = ctx.config.services.get(job.service)
+    try:
+        if service is None:
+            raise ClientError(f"service {job.service!r} is no longer configured", 502)
+        answer = await ctx.clients.kill(service, job.dest_id)
+    except ClientError as e:
+        if e.code == 404:  # the client does not know the payload: nothing of it runs there
+            transition(Job, job.id, Status.LOCKED, Status.KILLED, ctx.clock(), "job terminated")
+            ctx.wake("sender")
+            return get(job.id)
+        transition(Job, job.id, Status.LOCKED, previous, ctx.clock())
+        raise ClientError(f"could not terminate job {job.id}: {e.message}", e.code) from None
+    on_client = answer.get("status", Status.KILLED.value)  # the original client answers with no body
+    if on_client in (Status.COMPLETED.value, Status.FAILED.value, Status.INVALID.value):
+        transition(Job, job.id, Status.LOCKED, previous, ctx.clock())
+        ctx.wake("getter")
+        raise Conflict(f"job {job.id} finished on its client before it could be killed ({on_client})",
+                       job.id, previous)
+    transition(Job, job.id, Status.LOCKED, Status.KILLED, ctx.clock(), "job terminated")
+    ctx.wake("sender")
+    return get(job.id)
+
+
+async def fetch_partial(ctx: Context, job: Job) -> Path:
+    """Save a zip of the job's folder on its client, as it is now, to a scratch file and return its path.
+
+    The caller streams it and removes it. Raises NotFound when the job was never dispatched or its client
+    no longer has it, ClientError when the client cannot be reached.
+    """
+    if job.dest_id is None:
+        raise NotFound("Job payload not found on client", job.id, job.status)
+    service = ctx.config.services.get(job.service)
+    if service is None:
+        raise BadRequest("Invalid service configuration", job.id, job.status)
+    ctx.tmp_path.mkdir(parents=True, exist_ok=True)
+    spool = ctx.tmp_path / f"partial-{job.id}-{storage.new_name()}.zip"
+    try:
+        await ctx.clients.retrieve_partial(service, job.dest_id, spool)
+    except ClientError as e:
+        if e.code == 404:
+            raise NotFound("Job payload not found on client", job.id, job.status) from None
+        raise ClientError(f"Error retrieving partial data from client: {e.message}", e.code) from None
+    return spool
+
+
+def recover(ctx: Context) -> None:
+    """Make the database and the disk consistent after a stop or a crash, before serving.
+
+    Jobs caught half-way through a send go back to the queue; a terminate that was cut short leaves its job
+    dispatched (the getter resumes it); queued jobs of a service no longer configured fail with that reason;
+    folders that belong to no job (an upload cut short) are removed.
+    """
+    now = ctx.clock()
+    for job in Job.select(Job.id).where(Job.status == Status.PROCESSING.value):
+        transition(Job, job.id, Status.PROCESSING, Status.QUEUED, now, "the server restarted while sending it")
+    for job in Job.select(Job.id).where(Job.status == Status.LOCKED.value):
+        transition(Job, job.id, Status.LOCKED, Status.SUBMITTED, now, "the server restarted during a terminate")
+    unknown = Job.select(Job.id, Job.service).where(Job.status == Status.QUEUED.value,
+                                                    Job.service.not_in(list(ctx.config.services)))
+    for job in unknown:
+        transition(Job, job.id, Status.QUEUED, Status.FAILED, now,
+                   f"service {job.service!r} is not configured on this server")
+    shutil.rmtree(ctx.tmp_path, ignore_errors=True)
+    ctx.data_path.mkdir(parents=True, exist_ok=True)
+    kept = {name for (name,) in Job.select(Job.folder).where(Job.status != Status.CLEANED.value).tuples()}
+    for entry in ctx.data_path.iterdir():
+        if FOLDER_NAME.fullmatch(entry.name) and entry.name not in kept:
+            log.info("removing %s: it belongs to no job", entry)
+            storage.remove(entry)

@@ -1,0 +1,213 @@
+"""Peewee models of both modes, database start-up, and `transition()`, the only way a status changes.
+
+The server's jobs and the client's payloads live in two databases (`server_db`, `client_db`) so that both
+modes can run in one process (the integration tests do). Each is initialised once at start-up by
+`open_server_db` / `open_client_db`.
+"""
+
+from pathlib import Path
+
+from peewee import (
+    BooleanField,
+    CharField,
+    Check,
+    CompositeKey,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+)
+
+from orch.errors import InvalidTransition
+from orch.states import FINISHED, JOB_STATUSES, JOB_TRANSITIONS, PAYLOAD_STATUSES, PAYLOAD_TRANSITIONS, Status
+
+SCHEMA_VERSION = 1
+PRAGMAS = {
+    "journal_mode": "wal",
+    # With WAL, NORMAL keeps every commit across a crash of the process (not of the machine) at a
+    # fraction of FULL's cost: uploads are acknowledged only after their row is committed.
+    "synchronous": "normal",
+    "foreign_keys": 1,
+}
+
+server_db = SqliteDatabase(None)
+client_db = SqliteDatabase(None)
+
+
+def status_field(allowed: frozenset[Status]) -> CharField:
+    names = ", ".join(f"'{status.value}'" for status in sorted(allowed))
+    return CharField(constraints=[Check(f"status IN ({names})")])
+
+
+class Job(Model):
+    """A job on the server: the uploaded folder, who asked, and where it runs."""
+
+    user_id = IntegerField()
+    service = CharField()
+    status = status_field(JOB_STATUSES)
+    folder = CharField()  # name of the job's folder under DATA_PATH
+    dest_id = IntegerField(null=True)  # payload id on the service's client once submitted
+    message = TextField(default="")
+    created_at = FloatField()
+    updated_at = FloatField()
+    finished_at = FloatField(null=True)
+
+    class Meta:
+        database = server_db
+        table_name = "jobs"
+        indexes = (
+            (("status", "service", "user_id", "id"), False),  # queue order and quota counts
+            (("status", "finished_at"), False),  # the cleaner
+        )
+
+
+class JobEvent(Model):
+    """One row per status change of a job: the history behind its current status."""
+
+    job = ForeignKeyField(Job, backref="events", on_delete="CASCADE")
+    src = CharField(null=True)
+    dst = CharField()
+    at = FloatField()
+    reason = TextField(default="")
+
+    class Meta:
+        database = server_db
+        table_name = "job_events"
+
+
+class Cursor(Model):
+    """Per service, the user the sender served last: where the next round-robin turn starts."""
+
+    service = CharField(primary_key=True)
+    user_id = IntegerField()
+
+    class Meta:
+        database = server_db
+        table_name = "cursors"
+
+
+class JobTransition(Model):
+    src = CharField()
+    dst = CharField()
+
+    class Meta:
+        database = server_db
+        table_name = "job_transitions"
+        primary_key = CompositeKey("src", "dst")
+
+
+class Payload(Model):
+    """A job on a client (its folder is `DATA_PATH/<id>`) and the process that runs its run.sh."""
+
+    status = status_field(PAYLOAD_STATUSES)
+    pid = IntegerField(default=0)
+    started_at = FloatField(null=True)  # the process's start time: guards against a recycled pid
+    killed = BooleanField(default=False)
+    exit_code = IntegerField(null=True)
+    message = TextField(default="")
+    created_at = FloatField()
+    updated_at = FloatField()
+    finished_at = FloatField(null=True)
+
+    class Meta:
+        database = client_db
+        table_name = "payloads"
+        indexes = ((("status", "finished_at"), False),)
+
+
+class PayloadEvent(Model):
+    payload = ForeignKeyField(Payload, backref="events", on_delete="CASCADE")
+    src = CharField(null=True)
+    dst = CharField()
+    at = FloatField()
+    reason = TextField(default="")
+
+    class Meta:
+        database = client_db
+        table_name = "payload_events"
+
+
+class PayloadTransition(Model):
+    src = CharField()
+    dst = CharField()
+
+    class Meta:
+        database = client_db
+        table_name = "payload_transitions"
+        primary_key = CompositeKey("src", "dst")
+
+
+# For each stateful model: its history table, its transition table, and the allowed pairs.
+MACHINES = {
+    Job: (JobEvent, JobTransition, frozenset(JOB_TRANSITIONS)),
+    Payload: (PayloadEvent, PayloadTransition, frozenset(PAYLOAD_TRANSITIONS)),
+}
+
+
+def open_server_db(path: Path) -> SqliteDatabase:
+    return _open(server_db, path, Job, [Cursor])
+
+
+def open_client_db(path: Path) -> SqliteDatabase:
+    return _open(client_db, path, Payload, [])
+
+
+def _open(db: SqliteDatabase, path: Path, model: type[Model], others: list[type[Model]]) -> SqliteDatabase:
+    """Open (creating if needed) the database at `path`, its tables, and the transition guard."""
+    events, transitions, pairs = MACHINES[model]
+    if not db.is_closed():
+        db.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db.init(str(path), pragmas=PRAGMAS, timeout=5)
+    db.connect()
+    version = db.execute_sql("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        raise ValueError(f"DB_PATH {path} has schema version {version}; this version reads {SCHEMA_VERSION}")
+    with db.atomic():
+        db.create_tables([model, events, transitions, *others])
+        transitions.delete().execute()
+        transitions.insert_many([(src.value, dst.value) for src, dst in pairs],
+                                fields=[transitions.src, transitions.dst]).execute()
+        table, guard = model._meta.table_name, transitions._meta.table_name
+        db.execute_sql(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_status_guard BEFORE UPDATE OF status ON {table} "
+            f"WHEN NEW.status IS NOT OLD.status AND NOT EXISTS "
+            f"(SELECT 1 FROM {guard} WHERE src = OLD.status AND dst = NEW.status) "
+            f"BEGIN SELECT RAISE(ABORT, 'illegal status transition'); END"
+        )
+        db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return db
+
+
+def create(model: type[Model], status: Status, now: float, reason: str = "", **values) -> Model:
+    """Insert a row of a stateful model in `status`, with its first history row."""
+    events = MACHINES[model][0]
+    with model._meta.database.atomic():
+        row = model.create(status=status.value, created_at=now, updated_at=now, **values)
+        events.create(**{model._meta.name: row.id}, src=None, dst=status.value, at=now, reason=reason)
+    return row
+
+
+def transition(model: type[Model], row_id: int, src: Status, dst: Status, now: float,
+               message: str | None = None, **values) -> bool:
+    """Move row `row_id` of `model` from `src` to `dst`, setting `values` (and `message` if given).
+
+    Raises InvalidTransition for a pair the state machine does not allow. Returns False, changing nothing,
+    when the row is no longer in `src` (someone else moved it first); True when it moved, with a history row.
+    """
+    events, _, pairs = MACHINES[model]
+    if (src, dst) not in pairs:
+        raise InvalidTransition(f"{model.__name__} {row_id}: {src} -> {dst} is not allowed")
+    changes = {"status": dst.value, "updated_at": now, **values}
+    if message is not None:
+        changes["message"] = message
+    if dst in FINISHED:
+        changes["finished_at"] = now
+    with model._meta.database.atomic():
+        moved = model.update(changes).where(model.id == row_id, model.status == src.value).execute()
+        if moved != 1:
+            return False
+        events.create(**{model._meta.name: row_id}, src=src.value, dst=dst.value, at=now, reason=message or "")
+    return True

@@ -1,0 +1,124 @@
+"""Client-side operations on payloads: create, look up, kill, zip, recover after a restart.
+
+A payload's folder is `DATA_PATH/<id>/`: the files the server sent, whatever `run.sh` writes, and `run.log`
+(its stdout and stderr). What the client itself keeps about a payload (the exit status the wrapper recorded,
+the result zip) lives in `DATA_PATH/.control/`, out of the folder that the job writes and that gets zipped.
+"""
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+
+from tornado.ioloop import IOLoop
+
+from orch import processes, storage
+from orch.context import Context
+from orch.errors import NotFound
+from orch.models import Payload, client_db, create, transition
+from orch.states import Status
+
+log = logging.getLogger(__name__)
+
+SCRIPT = "run.sh"
+LOG = "run.log"
+
+
+def folder(ctx: Context, payload_id: int) -> Path:
+    return ctx.data_path / str(payload_id)
+
+
+def control_path(ctx: Context) -> Path:
+    return ctx.data_path / ".control"
+
+
+def exit_file(ctx: Context, payload_id: int) -> Path:
+    return control_path(ctx) / f"{payload_id}.exit"
+
+
+def result_file(ctx: Context, payload_id: int) -> Path:
+    return control_path(ctx) / f"{payload_id}.zip"
+
+
+def as_json(ctx: Context, payload: Payload) -> dict:
+    """The Payload body the original client sends (`input` stays empty: the files are not echoed back)."""
+    return {"id": payload.id, "input": {}, "status": payload.status, "loc": str(folder(ctx, payload.id)),
+            "pid": payload.pid, "killed": payload.killed, "message": payload.message,
+            "exit_code": payload.exit_code}
+
+
+def get(payload_id: int) -> Payload:
+    payload = Payload.get_or_none(Payload.id == payload_id)
+    if payload is None:
+        raise NotFound(f"Payload {payload_id} not found")
+    return payload
+
+
+def create_payload(ctx: Context, staging: Path) -> Payload:
+    """Record a payload Prepared for the files received in `staging`, which becomes its folder."""
+    with client_db.atomic():
+        payload = create(Payload, Status.PREPARED, ctx.clock(), reason="submitted")
+        staging.rename(folder(ctx, payload.id))
+    ctx.wake("runner")
+    return payload
+
+
+async def kill(ctx: Context, payload_id: int) -> Payload:
+    """Stop a payload for good: a Prepared one never starts, a Running one's whole process tree is
+    stopped and the payload is Killed once it is gone. A finished payload is left as it is."""
+    Payload.update(killed=True).where(Payload.id == get(payload_id).id).execute()
+    payload = get(payload_id)
+    if payload.status == Status.PREPARED.value:
+        transition(Payload, payload_id, Status.PREPARED, Status.KILLED, ctx.clock(), "killed before it started")
+    elif payload.status == Status.RUNNING.value:
+        await processes.kill_tree(payload.pid, payload.started_at, ctx.config.kill_grace)
+        watcher = ctx.inflight.get(("run", payload_id))
+        if watcher is not None:
+            await asyncio.wait([watcher])  # it records the Killed status
+    return get(payload_id)
+
+
+async def result_zip(ctx: Context, payload: Payload) -> Path:
+    """The zip of a Completed payload's folder, built once and kept in the control folder."""
+    path = result_file(ctx, payload.id)
+    if not path.exists():
+        source = folder(ctx, payload.id)
+        await ctx.inflight.start(("zip", payload.id), lambda: _in_executor(storage.zip_folder, source, path))
+    return path
+
+
+async def partial_zip(ctx: Context, payload: Payload) -> Path:
+    """A zip of the payload's folder as it is now, in a scratch file that the caller removes."""
+    if not folder(ctx, payload.id).is_dir():
+        raise NotFound(f"Payload {payload.id} has no files any more ({payload.status})")
+    ctx.tmp_path.mkdir(parents=True, exist_ok=True)
+    path = ctx.tmp_path / f"partial-{payload.id}-{storage.new_name()}.zip"
+    await _in_executor(storage.zip_folder, folder(ctx, payload.id), path)
+    return path
+
+
+def _in_executor(function, *args) -> asyncio.Future:
+    return IOLoop.current().run_in_executor(None, function, *args)
+
+
+def recover(ctx: Context) -> None:
+    """Make the disk consistent with the database before serving: scratch space emptied, folders and
+    control files that belong to no live payload removed. (Running payloads are picked up by the runner.)"""
+    shutil.rmtree(ctx.tmp_path, ignore_errors=True)
+    control_path(ctx).mkdir(parents=True, exist_ok=True)
+    kept = {str(payload_id) for (payload_id,) in
+            Payload.select(Payload.id).where(Payload.status != Status.CLEANED.value).tuples()}
+    for entry in ctx.data_path.iterdir():
+        if entry.name.isdigit() and entry.name not in kept:
+            log.info("removing %s: it belongs to no payload", entry)
+            storage.remove(entry)
+    for entry in control_path(ctx).iterdir():
+        if entry.name.split(".")[0] not in kept:
+            entry.unlink(missing_ok=True)
+
+
+def remove_files(ctx: Context, payload_id: int) -> None:
+    """Remove everything a payload has on disk (blocking)."""
+    storage.remove(folder(ctx, payload_id))
+    exit_file(ctx, payload_id).unlink(missing_ok=True)
+    result_file(ctx, payload_id).unlink(missing_ok=True)
