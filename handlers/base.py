@@ -1,0 +1,153 @@
+"""What every handler shares: the context, JSON answers, the one error body, ids from paths, file streaming."""
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
+
+from orch.context import Context
+from orch.errors import BadRequest, NotFound, OrchError, PayloadTooLarge
+from orch.storage import MultipartReceiver, new_name, remove
+
+log = logging.getLogger(__name__)
+
+STREAM_CHUNK = 1024 * 1024
+MAX_ID = 2**32 - 1  # ids are unsigned 32-bit numbers in the original's paths
+
+
+class BaseHandler(RequestHandler):
+    """Errors, whatever raised them, answer `{"id", "status", "message"}` as JSON, never a traceback."""
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def write_json(self, body: object, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        body = error_body(self, status_code, kwargs)
+        self.clear()
+        self.write_json(body, error.status if isinstance(error, OrchError) else status_code)
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, OrchError):
+            log.info("%s %s: %d %s", self.request.method, self.request.path, value.status, value.message)
+        else:
+            super().log_exception(typ, value, tb)
+
+    async def stream_file(self, path: Path, content_type: str, filename: str | None = None) -> None:
+        """Answer with the file at `path` in chunks, so memory stays flat whatever its size."""
+        with open(path, "rb") as source:
+            self.set_header("Content-Type", content_type)
+            self.set_header("Content-Length", os.fstat(source.fileno()).st_size)
+            if filename:
+                self.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+            if self.request.method != "HEAD":
+                while chunk := source.read(STREAM_CHUNK):
+                    self.write(chunk)
+                    await self.flush()
+        await self.finish()
+
+
+@stream_request_body
+class UploadHandler(BaseHandler):
+    """Receives a multipart body as it arrives into a new scratch folder (`self.staging`); a subclass's
+    `post()` turns the folder into a job or payload and clears `self.staging`. A body that is malformed or
+    over MAX_UPLOAD_SIZE is answered at once with a 4xx, and whatever it had written is removed."""
+
+    def prepare(self) -> None:
+        self.staging: Path | None = None
+        self.limit = self.ctx.config.max_upload_size
+        length = self.request.headers.get("Content-Length", "0")
+        if not length.isdigit():
+            raise BadRequest("Content-Length must be a number")
+        if int(length) > self.limit:
+            raise PayloadTooLarge(f"the upload is larger than the limit of {self.limit} bytes")
+        # Leave the limit to data_received (a clear 413 for chunked bodies too), not to Tornado's bare 400.
+        self.request.connection.set_max_body_size(self.limit + STREAM_CHUNK)
+        staging = self.ctx.tmp_path / new_name()
+        self.receiver = MultipartReceiver(self.request.headers.get("Content-Type", ""), staging)
+        staging.mkdir(parents=True)
+        self.staging = staging
+        self.received = 0
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return  # already answered with an error: the rest of the body is dropped
+        self.received += len(chunk)
+        try:
+            if self.received > self.limit:
+                raise PayloadTooLarge(f"the upload is larger than the limit of {self.limit} bytes")
+            self.receiver.feed(chunk)
+        except OrchError as e:
+            self.discard()
+            self.send_error(e.status, exc_info=(type(e), e, None))
+
+    def received_fields(self) -> dict[str, str]:
+        """The text fields of the whole body, once received; BadRequest if it was cut short."""
+        if self._finished:
+            raise Finish()  # an error was answered while the body came in
+        fields, _ = self.receiver.finish()
+        return fields
+
+    def discard(self) -> None:
+        if self.staging is not None:
+            self.receiver.close()
+            remove(self.staging)
+            self.staging = None
+
+    def on_finish(self) -> None:
+        self.discard()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self.discard()
+
+
+def error_body(handler: RequestHandler, status_code: int, kwargs: dict) -> dict:
+    """The one error body: `{"id", "status", "message"}` from an OrchError, an HTTPError's message, or
+    the status line's reason (an unexpected exception is logged with its traceback, never sent)."""
+    error = kwargs.get("exc_info", (None, None, None))[1]
+    if isinstance(error, OrchError):
+        return {"id": error.job_id, "status": str(error.job_status), "message": error.message}
+    message = handler._reason
+    if isinstance(error, HTTPError) and error.log_message:
+        message = error.log_message % error.args if error.args else error.log_message
+    return {"id": 0, "status": "Unknown", "message": message}
+
+
+def parse_id(raw: str) -> int:
+    """A job or payload id from a path segment; BadRequest unless it is a whole number that fits."""
+    if not re.fullmatch(r"[0-9]{1,10}", raw) or int(raw) > MAX_ID:
+        raise BadRequest(f"Invalid id {raw[:40]!r}: expected a whole number")
+    return int(raw)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path that no route matches, whatever the method."""
+
+    def prepare(self) -> None:
+        raise NotFound(f"no such endpoint: {self.request.path}")
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Access log: polls and downloads that succeed at DEBUG (a getter asks every half second), other
+    successes at INFO, client errors at WARNING, server errors at ERROR. Headers are never logged."""
+    status = handler.get_status()
+    if status >= 500:
+        level = logging.ERROR
+    elif status >= 400:
+        level = logging.WARNING
+    elif handler.request.method in ("GET", "HEAD"):
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
+    logging.getLogger("tornado.access").log(level, "%d %s %s (%s) %.1fms", status, handler.request.method,
+                                            handler.request.path, handler.request.remote_ip,
+                                            1000.0 * handler.request.request_time())

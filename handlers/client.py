@@ -1,0 +1,163 @@
+"""The client's API, called by the server: submit, retrieve, partial retrieve, kill, load."""
+
+import json
+
+import psutil
+from tornado.web import url
+
+from handlers.base import BaseHandler, UploadHandler, parse_id
+from orch import payloads
+from orch.context import Context
+from orch.states import Status
+
+ZIP = "application/zip"
+
+
+class Submit(UploadHandler):
+    async def post(self) -> None:
+        """Receive a job's files; its run.sh starts at once.
+
+        ---
+        tags: [payloads]
+        summary: Receive a job's files as a new payload
+        requestBody:
+          required: true
+          content:
+            multipart/form-data:
+              schema:
+                type: object
+                properties:
+                  file:
+                    type: array
+                    items: {type: string, format: binary}
+                    description: The job's files (any field name; every part with a filename is a file).
+        responses:
+          "200":
+            description: The payload, Prepared.
+            content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
+          "400":
+            description: The body is not valid multipart.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "413":
+            description: The body is over MAX_UPLOAD_SIZE.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+        """
+        self.received_fields()
+        payload = payloads.create_payload(self.ctx, self.staging)
+        self.staging = None
+        self.write_json(payloads.as_json(self.ctx, payload))
+
+
+class Retrieve(BaseHandler):
+    async def get(self, payload_id: str) -> None:
+        """The payload's result, or its status.
+
+        ---
+        tags: [payloads]
+        summary: Download a payload's result zip, or get its status
+        parameters:
+          - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
+        responses:
+          "200":
+            description: The result zip when the payload is Completed; otherwise the payload.
+            content:
+              application/zip: {schema: {type: string, format: binary}}
+              application/json: {schema: {$ref: "#/components/schemas/Payload"}}
+          "400":
+            description: The id is not a number.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "404":
+            description: No such payload.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+        """
+        payload = payloads.get(parse_id(payload_id))
+        if payload.status != Status.COMPLETED.value:
+            self.write_json(payloads.as_json(self.ctx, payload))
+            return
+        await self.stream_file(await payloads.result_zip(self.ctx, payload), ZIP, f"payload-{payload.id}.zip")
+
+    head = get
+
+
+class RetrievePartial(BaseHandler):
+    async def get(self, payload_id: str) -> None:
+        """A zip of the payload's folder as it is now.
+
+        ---
+        tags: [payloads]
+        summary: Download a payload's files as they are now (works while it runs)
+        parameters:
+          - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
+        responses:
+          "200":
+            description: A zip of the payload's folder.
+            content: {application/zip: {schema: {type: string, format: binary}}}
+          "400":
+            description: The id is not a number.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "404":
+            description: No such payload, or its files were cleaned.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+        """
+        payload = payloads.get(parse_id(payload_id))
+        spool = await payloads.partial_zip(self.ctx, payload)
+        try:
+            await self.stream_file(spool, ZIP, f"payload-{payload.id}-partial.zip")
+        finally:
+            spool.unlink(missing_ok=True)
+
+    head = get
+
+
+class Kill(BaseHandler):
+    async def post(self, payload_id: str) -> None:
+        """Kill a payload and its whole process tree.
+
+        ---
+        tags: [payloads]
+        summary: Kill a payload
+        description: |
+          A Prepared payload never starts. A Running one gets SIGTERM (its whole process tree), then SIGKILL
+          after KILL_GRACE seconds; the answer comes once it is gone. A finished payload is left as it is.
+        parameters:
+          - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
+        responses:
+          "200":
+            description: The payload, Killed unless it had finished before.
+            content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
+          "400":
+            description: The id is not a number.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "404":
+            description: No such payload.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+        """
+        payload = await payloads.kill(self.ctx, parse_id(payload_id))
+        self.write_json(payloads.as_json(self.ctx, payload))
+
+
+class Load(BaseHandler):
+    def get(self) -> None:
+        """The machine's CPU use.
+
+        ---
+        tags: [health]
+        summary: CPU use of the client's machine, in percent since the previous call
+        responses:
+          "200":
+            description: A bare number between 0 and 100.
+            content: {application/json: {schema: {type: number, minimum: 0, maximum: 100}}}
+        """
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(psutil.cpu_percent(interval=None)))
+
+
+def routes(ctx: Context) -> list:
+    args = {"ctx": ctx}
+    return [
+        url(r"/submit", Submit, args),
+        url(r"/retrieve/([^/]+)", Retrieve, args),
+        url(r"/retrieve_partial/([^/]+)", RetrievePartial, args),
+        url(r"/kill/([^/]+)", Kill, args),
+        url(r"/load", Load, args),
+    ]

@@ -1,0 +1,129 @@
+"""Endpoints both modes have: ping, health, and the API documentation (OpenAPI document and Swagger UI)."""
+
+import json
+from pathlib import Path
+
+from peewee import Database, PeeweeException
+from tornado.web import RedirectHandler, StaticFileHandler, url
+from tornado_swagger.const import API_OPENAPI_3
+from tornado_swagger.setup import export_swagger
+
+from handlers.base import BaseHandler, error_body
+from orch.context import Context
+
+SWAGGER_UI = Path(__file__).resolve().parent.parent / "static" / "swagger-ui"
+SPEC_URL = "/api-docs/openapi.json"
+VERSION = "1.0.0"
+
+STATUS_BODY = {
+    "type": "object",
+    "required": ["id", "status", "message"],
+    "properties": {
+        "id": {"type": "integer", "description": "The job's id (0 when the error concerns no job)."},
+        "status": {"type": "string", "enum": ["Queued", "Processing", "Submitted", "Running", "Completed", "Failed",
+                                              "Invalid", "Killed", "Cleaned", "Unknown", "Locked"]},
+        "message": {"type": "string", "description": "What happened; the reason for Failed, Invalid, Unknown."},
+    },
+}
+PAYLOAD = {
+    "type": "object",
+    "required": ["id", "input", "status", "loc", "pid", "killed"],
+    "properties": {
+        "id": {"type": "integer"},
+        "input": {"type": "object", "description": "Always empty: the files are not echoed back."},
+        "status": {"type": "string", "enum": ["Prepared", "Running", "Completed", "Failed", "Invalid", "Killed",
+                                              "Cleaned"]},
+        "loc": {"type": "string", "description": "The payload's folder on the client."},
+        "pid": {"type": "integer", "description": "The process group running run.sh (0 before it starts)."},
+        "killed": {"type": "boolean"},
+        "message": {"type": "string"},
+        "exit_code": {"type": "integer", "nullable": True},
+    },
+}
+
+
+class Ping(BaseHandler):
+    def get(self) -> None:
+        """Ping.
+
+        ---
+        tags: [health]
+        summary: Answers pong
+        responses:
+          "200":
+            description: Alive.
+            content: {application/json: {schema: {type: object, properties: {message: {type: string}}}}}
+        """
+        self.write_json({"message": "pong"})
+
+
+class Health(BaseHandler):
+    def initialize(self, ctx: Context, db: Database) -> None:
+        super().initialize(ctx)
+        self.db = db
+
+    def get(self) -> None:
+        """Health.
+
+        ---
+        tags: [health]
+        summary: Whether the service and its database answer
+        responses:
+          "200":
+            description: Healthy.
+            content: {application/json: {schema: {type: object, properties: {status: {type: string},
+              database: {type: string}}}}}
+          "503":
+            description: The database does not answer.
+            content: {application/json: {schema: {type: object, properties: {status: {type: string},
+              database: {type: string}}}}}
+        """
+        try:
+            self.db.execute_sql("SELECT 1")
+        except PeeweeException as e:
+            self.write_json({"status": "error", "database": str(e)}, 503)
+            return
+        self.write_json({"status": "ok", "database": "ok"})
+
+
+class Spec(BaseHandler):
+    def initialize(self, ctx: Context, spec: dict) -> None:
+        super().initialize(ctx)
+        self.spec = spec
+
+    def get(self) -> None:
+        self.write_json(self.spec)
+
+
+class SwaggerAssets(StaticFileHandler):
+    """The Swagger UI, served from `static/` (compute clusters are often offline: no CDN)."""
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.clear()
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error_body(self, status_code, kwargs)))
+
+
+def routes(ctx: Context, db: Database, api: list) -> list:
+    """Ping, health and documentation routes; the OpenAPI document describes `api` and these."""
+    own = [url(r"/", Ping, {"ctx": ctx}), url(r"/health", Health, {"ctx": ctx, "db": db})]
+    spec = openapi(ctx.config.mode, api + own)
+    return own + [
+        url(SPEC_URL, Spec, {"ctx": ctx, "spec": spec}),
+        url(r"/swagger-ui/(.*)", SwaggerAssets, {"path": str(SWAGGER_UI), "default_filename": "index.html"}),
+        url(r"/(?:swagger|swagger-ui)", RedirectHandler, {"url": "/swagger-ui/"}),
+    ]
+
+
+def openapi(mode: str, api: list) -> dict:
+    """The OpenAPI 3 document built from the handlers' docstrings."""
+    spec = export_swagger(
+        api,
+        api_definition_version=API_OPENAPI_3,
+        title=f"job-orchestrator {mode}",
+        api_version=VERSION,
+        description="Runs jobs (files and a run.sh) for scientific web portals. See the README.",
+    )
+    spec["components"]["schemas"] = {"StatusBody": STATUS_BODY, "Payload": PAYLOAD}
+    return spec

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""job-orchestrator: `python orchestrator.py server` or `python orchestrator.py client`.
+
+The only entry point and the only reader of the environment: settings come from `.env` (in the current
+folder), then environment variables, then flags; the Config they make is passed down to everything else.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import psutil
+from dotenv import dotenv_values
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.process import Subprocess
+
+from handlers import make_app
+from orch import jobs, payloads
+from orch.config import Config, load
+from orch.context import Context
+from orch.models import open_client_db, open_server_db
+from tasks import start_tasks
+
+VERSION = "1.0.0"
+MAX_BUFFERED_BODY = 1024 * 1024  # for requests that are not streamed (everything but upload and submit)
+MAX_RESPONSE_BODY = 2**40  # result zips stream to disk: no practical limit
+SHUTDOWN_GRACE = 10.0  # seconds that sends and polls in flight get to end on a stop
+
+log = logging.getLogger("orchestrator")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator.py",
+        description="Runs jobs for scientific web portals: a server queues them, clients run them.",
+        epilog="Settings come from .env, then the environment, then these flags; see .env.sample and the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"job-orchestrator {VERSION}")
+    parser.add_argument("mode", choices=["server", "client"], help="server: the portals' API and the queue; "
+                        "client: runs the jobs on a compute node")
+    parser.add_argument("--port", help="port to listen on (PORT; server 5000, client 9000; 0 picks a free one)")
+    parser.add_argument("--host", help="address to listen on (HOST; server 0.0.0.0, client 127.0.0.1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = {key: value for key, value in dotenv_values(".env").items() if value is not None}
+    env.update(os.environ)
+    flags = {name: value for name, value in (("PORT", args.port), ("HOST", args.host)) if value is not None}
+    try:
+        config = load(args.mode, env, flags)
+    except ValueError as e:
+        print(f"orchestrator {args.mode}: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as e:  # port taken, database or data folder unusable
+        print(f"orchestrator {args.mode}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve(config: Config) -> None:
+    """Open the database, recover, listen, run the tasks; return after SIGINT or SIGTERM."""
+    http = AsyncHTTPClient(force_instance=True, max_clients=100, max_body_size=MAX_RESPONSE_BODY)
+    ctx = Context(config, http=http)
+    if config.mode == "server":
+        open_server_db(config.db_path)
+        jobs.recover(ctx)
+    else:
+        open_client_db(config.db_path)
+        payloads.recover(ctx)
+        Subprocess.initialize()
+        psutil.cpu_percent(interval=None)  # /load reports the use since the previous call: start counting
+    server = HTTPServer(make_app(ctx), max_body_size=MAX_BUFFERED_BODY)
+    sockets = bind_sockets(config.port, config.host)
+    server.add_sockets(sockets)
+    log.info("%s listening on http://%s:%d (API documentation at /swagger-ui/)", config.mode, config.host,
+             sockets[0].getsockname()[1])
+    beats = start_tasks(ctx)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("stopping")
+    server.stop()
+    for beat in beats:
+        beat.stop()
+    # Runs of run.sh go on without the client (a restarted client adopts them); sends and polls get a
+    # moment to end, and whatever they leave half-done is recovered at the next start.
+    pending = [ctx.inflight.get(key) for key in ctx.inflight.keys("send") + ctx.inflight.keys("poll")]
+    closing = asyncio.ensure_future(server.close_all_connections())
+    await asyncio.wait([task for task in pending if task] + [closing], timeout=SHUTDOWN_GRACE)
+    http.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

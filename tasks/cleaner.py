@@ -1,0 +1,50 @@
+"""Cleaners (both modes): remove the files of jobs and payloads finished more than MAX_AGE seconds ago.
+
+Rows stay, in status Cleaned, so a late download still learns what became of its job.
+"""
+
+import logging
+
+from tornado.ioloop import IOLoop
+
+from orch import jobs, payloads, storage
+from orch.context import Context
+from orch.models import Job, Payload, transition
+from orch.states import FINISHED, Status
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+async def clean_jobs(ctx: Context, now: float) -> int:
+    """Server: Cleaned, with their folders removed, for jobs finished at or before `now - MAX_AGE`."""
+    expired = (Job.select(Job.id, Job.status, Job.folder)
+               .where(Job.status.in_([s.value for s in FINISHED]), Job.finished_at <= now - ctx.config.max_age)
+               .limit(BATCH))
+    cleaned = 0
+    for job in list(expired):
+        try:
+            if transition(Job, job.id, Status(job.status), Status.CLEANED, now):
+                await IOLoop.current().run_in_executor(None, storage.remove, jobs.folder(ctx, job))
+                cleaned += 1
+        except Exception:
+            log.exception("cleaner: job %s failed", job.id)
+    return cleaned
+
+
+async def clean_payloads(ctx: Context, now: float) -> int:
+    """Client: Cleaned, with their folder and control files removed, for payloads finished at or before
+    `now - MAX_AGE`."""
+    expired = (Payload.select(Payload.id, Payload.status)
+               .where(Payload.status.in_([s.value for s in FINISHED]), Payload.finished_at <= now - ctx.config.max_age)
+               .limit(BATCH))
+    cleaned = 0
+    for payload in list(expired):
+        try:
+            if transition(Payload, payload.id, Status(payload.status), Status.CLEANED, now):
+                await IOLoop.current().run_in_executor(None, payloads.remove_files, ctx, payload.id)
+                cleaned += 1
+        except Exception:
+            log.exception("cleaner: payload %s failed", payload.id)
+    return cleaned

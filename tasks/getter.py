@@ -1,0 +1,80 @@
+"""Getter (server): asks the clients how their dispatched jobs are doing and fetches the results."""
+
+import logging
+
+from orch import jobs
+from orch.context import Context
+from orch.errors import ClientError
+from orch.models import Job, transition
+from orch.states import FINISHED, Status
+
+log = logging.getLogger(__name__)
+
+POLLED = (Status.SUBMITTED, Status.RUNNING)
+# What the client's statuses mean for the server's job; Prepared and Completed-as-JSON change nothing.
+MIRRORED = {
+    Status.RUNNING: Status.RUNNING,
+    Status.FAILED: Status.FAILED,
+    Status.INVALID: Status.INVALID,
+    Status.KILLED: Status.KILLED,
+    Status.CLEANED: Status.UNKNOWN,
+    Status.UNKNOWN: Status.UNKNOWN,
+}
+
+
+async def poll_dispatched(ctx: Context, now: float) -> int:
+    """Start a poll of every Submitted or Running job not being polled already; return how many started."""
+    started = 0
+    for (job_id,) in Job.select(Job.id).where(Job.status.in_([s.value for s in POLLED])).tuples():
+        if ("poll", job_id) not in ctx.inflight:
+            ctx.inflight.start(("poll", job_id), lambda job_id=job_id: poll(ctx, job_id))
+            started += 1
+    return started
+
+
+async def poll(ctx: Context, job_id: int) -> None:
+    """Ask the job's client about it once and record what it says; leave the job as it is when the client
+    cannot be reached (the next round asks again)."""
+    job = Job.get_by_id(job_id)
+    status = Status(job.status)
+    service = ctx.config.services.get(job.service)
+    if service is None:
+        _finish(ctx, job, status, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
+        return
+    try:
+        answer = await ctx.clients.retrieve(service, job.dest_id, jobs.folder(ctx, job) / jobs.RESULT)
+    except ClientError as e:
+        if e.code == 404:
+            _finish(ctx, job, status, Status.UNKNOWN, f"the client no longer knows this job (payload {job.dest_id})")
+        else:
+            log.warning("getter: job %s: %s", job_id, e.message)
+        return
+    except Exception:
+        log.exception("getter: job %s failed", job_id)
+        return
+    if answer is None:
+        _finish(ctx, job, status, Status.COMPLETED, "")
+        return
+    try:
+        reported = Status(answer.get("status"))
+    except ValueError:
+        log.warning("getter: job %s: the client reports an unknown status %r", job_id, answer.get("status"))
+        return
+    mirrored = MIRRORED.get(reported)
+    if mirrored is None or mirrored == status:
+        return
+    message = answer.get("message") or _default_message(reported)
+    _finish(ctx, job, status, mirrored, message if mirrored in FINISHED else None)
+
+
+def _finish(ctx: Context, job: Job, src: Status, dst: Status, message: str | None) -> None:
+    if transition(Job, job.id, src, dst, ctx.clock(), message) and dst in FINISHED:
+        ctx.wake("sender")  # a slot is free
+
+
+def _default_message(reported: Status) -> str:
+    return {
+        Status.FAILED: "run.sh failed on the client",
+        Status.INVALID: "the client could not run the job",
+        Status.KILLED: "killed on the client",
+    }.get(reported, f"the client reports the job as {reported}")

@@ -1,0 +1,62 @@
+"""Sender (server): claims the queued jobs that quotas allow and sends each to its service's client."""
+
+import logging
+
+from orch import jobs
+from orch.context import Context
+from orch.errors import ClientError
+from orch.models import Job, server_db, transition
+from orch.quotas import move_cursor, next_jobs
+from orch.states import Status
+
+log = logging.getLogger(__name__)
+
+
+async def send_queued(ctx: Context, now: float) -> int:
+    """Claim (Queued -> Processing) what each service may start now and start sending it; return the count.
+
+    A service whose client just failed is skipped until its backoff ends. Sends run in the background (one
+    slow client holds up nobody else); a claimed job holds its quota slot until the send ends.
+    """
+    claimed = []
+    for name in sorted(ctx.config.services):
+        if not ctx.backoff.ready(name, now):
+            continue
+        picks = next_jobs(ctx.config.services[name])
+        if not picks:
+            continue
+        with server_db.atomic():
+            claimed += [job for job, _ in picks if transition(Job, job, Status.QUEUED, Status.PROCESSING, now)]
+            move_cursor(name, picks[-1][1])
+    for job_id in claimed:
+        ctx.inflight.start(("send", job_id), lambda job_id=job_id: send(ctx, job_id))
+    return len(claimed)
+
+
+async def send(ctx: Context, job_id: int) -> None:
+    """Send one claimed job: Submitted with its payload id when the client accepts it; back to Queued when
+    the client is unreachable or failing (retried after a backoff); Failed when the client refuses it."""
+    job = Job.get_by_id(job_id)
+    service = ctx.config.services[job.service]
+    try:
+        files = sorted(path for path in (jobs.folder(ctx, job) / jobs.INPUT).iterdir() if path.is_file())
+        payload = await ctx.clients.submit(service, files)
+    except ClientError as e:
+        now = ctx.clock()
+        if e.transient:
+            delay = ctx.backoff.failed(service.name, now)
+            log.warning("sender: job %s not sent, next try in %.0f s: %s", job_id, delay, e.message)
+            transition(Job, job_id, Status.PROCESSING, Status.QUEUED, now,
+                       f"waiting for the {service.name} client: {e.message}")
+        else:
+            log.warning("sender: job %s refused: %s", job_id, e.message)
+            transition(Job, job_id, Status.PROCESSING, Status.FAILED, now, f"the client refused the job: {e.message}")
+            ctx.wake("sender")
+        return
+    except Exception:
+        log.exception("sender: job %s failed", job_id)
+        transition(Job, job_id, Status.PROCESSING, Status.FAILED, ctx.clock(), "internal error while sending the job")
+        ctx.wake("sender")
+        return
+    ctx.backoff.succeeded(service.name)
+    transition(Job, job_id, Status.PROCESSING, Status.SUBMITTED, ctx.clock(), "", dest_id=payload["id"])

@@ -1,0 +1,197 @@
+"""Fixtures: real server and client apps on free loopback ports, with real SQLite files in a temporary folder.
+
+`nodes(mode, tasks=False, **settings)` starts one: settings are variables in lower case (`max_age=1`).
+With `tasks=True` its background tasks run as in production; without, tests call the ticks themselves.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from tornado.process import Subprocess
+from tornado.testing import bind_unused_port
+
+from handlers import make_app
+from orch import jobs, payloads, processes
+from orch.config import Config, load
+from orch.context import Context
+from orch.models import Job, Payload, client_db, open_client_db, open_server_db, server_db
+from orch.states import Status
+from tasks import Beat, start_tasks
+
+WAIT_TIMEOUT = 30.0  # generous: waits poll every few ms and end as soon as their condition holds
+
+
+@pytest.fixture
+def io_loop():
+    """A fresh IOLoop per test, without the deprecated make_current/clear_current of pytest-tornasync."""
+    loop = IOLoop(make_current=False)
+    asyncio.set_event_loop(loop.asyncio_loop)
+    yield loop
+    Subprocess.uninitialize()
+    asyncio.set_event_loop(None)
+    loop.close(all_fds=True)
+
+
+@dataclass(eq=False)
+class Node:
+    """A running server or client app, reached over real HTTP on loopback."""
+
+    ctx: Context
+    url: str
+    http_server: HTTPServer
+    beats: list[Beat] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    async def fetch(self, path: str, **kwargs) -> HTTPResponse:
+        kwargs.setdefault("raise_error", False)
+        return await self.ctx.http.fetch(self.url + path, **kwargs)
+
+    async def json(self, path: str, **kwargs) -> tuple[int, object]:
+        response = await self.fetch(path, **kwargs)
+        return response.code, json.loads(response.body)
+
+    async def settle(self) -> None:
+        """Wait for the background work that ticks started (sends, polls, runs) to end."""
+        await asyncio.wait_for(self.ctx.inflight.wait(), WAIT_TIMEOUT)
+
+    def stop(self) -> None:
+        for beat in self.beats:
+            beat.stop()
+        self.http_server.stop()
+
+
+@pytest.fixture
+def nodes(io_loop, tmp_path):
+    """Start server or client nodes; everything they started is stopped (and any run.sh killed) after the test."""
+    started: list[Node] = []
+
+    def start(mode: str, tasks: bool = False, **settings) -> Node:
+        env = {
+            "DB_PATH": str(tmp_path / f"{mode}.sqlite"),
+            "DATA_PATH": str(tmp_path / mode),
+            "HOST": "127.0.0.1",
+            "KILL_GRACE": "1",
+            "SENDER_INTERVAL": "0.05",
+            "GETTER_INTERVAL": "0.05",
+            "RUNNER_INTERVAL": "0.05",
+        }
+        env.update({name.upper(): str(value) for name, value in settings.items()})
+        config = load(mode, env)
+        ctx = Context(config, http=AsyncHTTPClient(force_instance=True, max_body_size=2**40))
+        if mode == "server":
+            open_server_db(config.db_path)
+            jobs.recover(ctx)
+        else:
+            open_client_db(config.db_path)
+            payloads.recover(ctx)
+            Subprocess.initialize()
+        sock, port = bind_unused_port()
+        http_server = HTTPServer(make_app(ctx))
+        http_server.add_socket(sock)
+        node = Node(ctx, f"http://127.0.0.1:{port}", http_server)
+        if tasks:
+            node.beats = start_tasks(ctx)
+        started.append(node)
+        return node
+
+    yield start
+
+    async def teardown() -> None:
+        for node in started:
+            node.stop()
+            if node.config.mode == "client" and not client_db.is_closed():
+                for payload in Payload.select().where(Payload.status == Status.RUNNING.value):
+                    await processes.kill_tree(payload.pid, payload.started_at, 0)
+            await asyncio.wait_for(node.ctx.inflight.wait(), WAIT_TIMEOUT)
+            await node.http_server.close_all_connections()
+            node.ctx.http.close()
+
+    io_loop.run_sync(teardown)
+    server_db.close()
+    client_db.close()
+
+
+def services(client: Node, name: str = "example", **limits) -> dict[str, str]:
+    """Settings that route service `name` to `client` (limits: runs_per_user=..., max_runs=...)."""
+    prefix = f"service_{name}_"
+    settings = {prefix + "upload_url": f"{client.url}/submit", prefix + "download_url": f"{client.url}/retrieve"}
+    settings.update({prefix + key: value for key, value in limits.items()})
+    return settings
+
+
+@pytest.fixture
+def client(nodes) -> Node:
+    """A client app whose tasks are not running (call the ticks)."""
+    return nodes("client")
+
+
+@pytest.fixture
+def server(nodes, client) -> Node:
+    """A server app with service `example` on `client`, tasks not running (call the ticks)."""
+    return nodes("server", **services(client))
+
+
+def multipart(fields: dict[str, str] | None = None, files: dict[str, bytes] | None = None,
+              file_field: str = "file") -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in (fields or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, content in (files or {}).items():
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{name}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n")
+        parts.append(head.encode() + content + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+async def upload(server: Node, files: dict[str, bytes], user_id: object = 1, service: str = "example",
+                 **extra_fields) -> tuple[int, dict]:
+    """POST /upload as a portal does; returns the code and the JSON body."""
+    body, content_type = multipart({"user_id": str(user_id), "service": service, **extra_fields}, files)
+    return await server.json("/upload", method="POST", body=body, headers={"Content-Type": content_type})
+
+
+async def wait_for(condition: Callable[[], object | Awaitable[object]], timeout: float = WAIT_TIMEOUT) -> object:
+    """Poll `condition` until it returns something truthy (and return it); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting after {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def job_status(job_id: int) -> str:
+    return Job.get_by_id(job_id).status
+
+
+def payload_status(payload_id: int) -> str:
+    return Payload.get_by_id(payload_id).status
+
+
+def script(body: str) -> dict[str, bytes]:
+    """The files of a job made of one run.sh."""
+    return {"run.sh": body.encode()}
+
+
+def data_files(root: Path) -> list[str]:
+    """Every file under `root`, relative, sorted (to check that nothing is left behind)."""
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
