@@ -40,7 +40,7 @@ class Config:
     port: int
     db_path: Path
     data_path: Path
-    max_age: float = 864000
+    max_age: int = 864000
     max_upload_size: int = 400 * 1024 * 1024
     log_level: str = "INFO"
     sender_interval: float = 0.5
