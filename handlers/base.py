@@ -63,6 +63,8 @@ class UploadHandler(BaseHandler):
 
     def prepare(self) -> None:
         self.staging: Path | None = None
+        if self.request.method != "POST":
+            raise HTTPError(405)
         self.limit = self.ctx.config.max_upload_size
         length = self.request.headers.get("Content-Length", "0")
         if not length.isdigit():

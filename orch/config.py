@@ -3,6 +3,7 @@
 Only `orchestrator.py` calls `load()`; everything else receives the Config it builds.
 """
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -96,10 +97,9 @@ def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None
 def _parse(name: str, raw: str, kind: type) -> object:
     variable = variable_name(name)
     if kind is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{variable} must be a whole number, got {raw!r}") from None
+        if not re.fullmatch(r"-?[0-9]+", raw):
+            raise ValueError(f"{variable} must be a whole number, got {raw!r}")
+        return int(raw)
     if kind is float:
         try:
             return float(raw)
@@ -119,9 +119,9 @@ def validate(config: Config) -> None:
     positive = ("max_age", "max_upload_size", "sender_interval", "getter_interval", "runner_interval",
                 "cleaner_interval", "http_connect_timeout", "http_timeout")
     for name in positive:
-        if not getattr(config, name) > 0:
+        if not 0 < getattr(config, name) < math.inf:
             raise ValueError(f"{variable_name(name)} must be greater than 0, got {getattr(config, name)}")
-    if config.kill_grace < 0:
+    if not 0 <= config.kill_grace < math.inf:
         raise ValueError(f"KILL_GRACE must be 0 or more, got {config.kill_grace}")
     if config.http_timeout <= config.kill_grace:
         raise ValueError("HTTP_TIMEOUT must be longer than KILL_GRACE, or terminations time out before a kill ends")
@@ -163,7 +163,7 @@ def _service(name: str, settings: dict[str, tuple[str, str]]) -> ServiceConfig:
     limits = {}
     for setting, default in (("RUNS_PER_USER", 5), ("MAX_RUNS", 10)):
         variable, value = settings.get(setting, (prefix + setting, str(default)))
-        if not value.isdigit() or int(value) < 1:
+        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
             raise ValueError(f"{variable} must be a whole number of at least 1, got {value!r}")
         limits[setting.lower()] = int(value)
     return ServiceConfig(name=name, **urls, **limits)

@@ -36,8 +36,8 @@ class ClientError(OrchError):
 
     status = 502
 
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
+    def __init__(self, message: str, code: int, job_id: int = 0, job_status: str = "Unknown"):
+        super().__init__(message, job_id, job_status)
         self.code = code
 
     @property

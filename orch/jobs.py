@@ -115,7 +115,7 @@ async def _kill_on_client(ctx: Context, job: Job) -> Job:
             ctx.wake("sender")
             return get(job.id)
         transition(Job, job.id, Status.LOCKED, previous, ctx.clock())
-        raise ClientError(f"could not terminate job {job.id}: {e.message}", e.code) from None
+        raise ClientError(f"could not terminate job {job.id}: {e.message}", e.code, job.id, previous) from None
     on_client = answer.get("status", Status.KILLED.value)  # the original client answers with no body
     if on_client in (Status.COMPLETED.value, Status.FAILED.value, Status.INVALID.value):
         transition(Job, job.id, Status.LOCKED, previous, ctx.clock())
@@ -145,7 +145,8 @@ async def fetch_partial(ctx: Context, job: Job) -> Path:
     except ClientError as e:
         if e.code == 404:
             raise NotFound("Job payload not found on client", job.id, job.status) from None
-        raise ClientError(f"Error retrieving partial data from client: {e.message}", e.code) from None
+        raise ClientError(f"Error retrieving partial data from client: {e.message}", e.code, job.id,
+                          job.status) from None
     return spool
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import psutil
 from tornado.process import Subprocess
 
+# `trap : TERM` keeps the wrapper waiting while run.sh handles a SIGTERM (its grace period); a trapped
+# signal, unlike an ignored one, is reset in children, so run.sh still gets it.
 WRAPPER = (
-    'bash run.sh >"$1" 2>&1 </dev/null; code=$?; '
+    'trap : TERM; bash run.sh >"$1" 2>&1 </dev/null; code=$?; '
     'printf "%s" "$code" >"$2.tmp" && mv -f "$2.tmp" "$2"; exit "$code"'
 )
 POLL = 0.02  # seconds between two looks at a dying process tree
@@ -34,20 +36,26 @@ def spawn(folder: Path, log_path: Path, exit_path: Path, env: dict[str, str] | N
 
 
 def start_time(pid: int) -> float | None:
-    """When process `pid` started (with `pid`, identifies it even after the pid is recycled)."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
+    """When process `pid` started, in clock ticks since boot: with the pid, it identifies a process even
+    after the pid is recycled, and unlike a wall-clock time it does not move when the clock is set."""
+    state = _stat(pid)
+    return float(state[19]) if state else None
 
 
 def alive(pid: int, started_at: float | None) -> bool:
     """Whether the process `pid` that started at `started_at` still runs (zombies do not count)."""
+    state = _stat(pid)
+    return bool(state) and float(state[19]) == started_at and state[0] != "Z"
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first, start time 20th); [] if gone."""
+    if pid <= 0:
+        return []
     try:
-        process = psutil.Process(pid)
-        return process.create_time() == started_at and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
 
 
 def read_exit_code(path: Path) -> int | None:
@@ -73,9 +81,12 @@ async def kill_tree(pid: int, started_at: float | None, grace: float) -> None:
         await asyncio.sleep(POLL)
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL what is left of a finished run's process group (background jobs it did not wait for)."""
-    if pgid > 0:
+def kill_group(pgid: int, started_at: float | None) -> None:
+    """SIGKILL what is left of a finished run's process group (background jobs it did not wait for).
+
+    Nothing is done if the pid now belongs to another process (it could lead another group)."""
+    current = start_time(pgid)
+    if pgid > 0 and (current is None or current == started_at):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -83,10 +94,10 @@ def kill_group(pgid: int) -> None:
 
 
 def _tree(pid: int, started_at: float | None) -> list[psutil.Process]:
+    if start_time(pid) != started_at:
+        return []  # gone, or the pid belongs to another process now
     try:
         root = psutil.Process(pid)
-        if root.create_time() != started_at:
-            return []  # the pid belongs to another process now
         return [root, *root.children(recursive=True)]
     except psutil.Error:
         return []

@@ -204,9 +204,12 @@ def _add_entry(archive: zipfile.ZipFile, arcname: str, name: str, dirfd: int) ->
         archive.writestr(entry, os.readlink(name, dir_fd=dirfd))
     elif stat.S_ISREG(info.st_mode):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirfd)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
         except OSError:
             return  # replaced by a link or removed since the stat: never follow it
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return  # replaced by a fifo or a device since the stat
         with os.fdopen(fd, "rb") as source:
             entry.compress_type = zipfile.ZIP_DEFLATED
             entry.file_size = info.st_size

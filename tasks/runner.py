@@ -72,7 +72,7 @@ async def adopt(ctx: Context, payload_id: int) -> None:
 def finish(ctx: Context, payload_id: int, code: int | None) -> None:
     """Record how a run ended: Killed if asked to, Completed on exit status 0, Failed otherwise."""
     payload = Payload.get_by_id(payload_id)
-    processes.kill_group(payload.pid)  # whatever it left running in the background
+    processes.kill_group(payload.pid, payload.started_at)  # whatever it left running in the background
     if payload.killed:
         status, message = Status.KILLED, "killed on request"
     elif code == 0:

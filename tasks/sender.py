@@ -26,31 +26,34 @@ async def send_queued(ctx: Context, now: float) -> int:
         if not picks:
             continue
         with server_db.atomic():
-            claimed += [job for job, _ in picks if transition(Job, job, Status.QUEUED, Status.PROCESSING, now)]
-            move_cursor(name, picks[-1][1])
+            mine = [(job, user) for job, user in picks if transition(Job, job, Status.QUEUED, Status.PROCESSING, now)]
+            if mine:
+                move_cursor(name, mine[-1][1])
+        claimed += [job for job, _ in mine]
     for job_id in claimed:
-        ctx.inflight.start(("send", job_id), lambda job_id=job_id: send(ctx, job_id))
+        ctx.inflight.start(("send", job_id), lambda job_id=job_id: send(ctx, job_id, now))
     return len(claimed)
 
 
-async def send(ctx: Context, job_id: int) -> None:
-    """Send one claimed job: Submitted with its payload id when the client accepts it; back to Queued when
-    the client is unreachable or failing (retried after a backoff); Failed when the client refuses it."""
+async def send(ctx: Context, job_id: int, now: float) -> None:
+    """Send one job claimed in the round at `now`: Submitted with its payload id when the client accepts it;
+    back to Queued when the client is unreachable or failing (its service retried from `now` plus a backoff);
+    Failed when the client refuses it."""
     job = Job.get_by_id(job_id)
     service = ctx.config.services[job.service]
     try:
         files = sorted(path for path in (jobs.folder(ctx, job) / jobs.INPUT).iterdir() if path.is_file())
         payload = await ctx.clients.submit(service, files)
     except ClientError as e:
-        now = ctx.clock()
         if e.transient:
             delay = ctx.backoff.failed(service.name, now)
             log.warning("sender: job %s not sent, next try in %.0f s: %s", job_id, delay, e.message)
-            transition(Job, job_id, Status.PROCESSING, Status.QUEUED, now,
+            transition(Job, job_id, Status.PROCESSING, Status.QUEUED, ctx.clock(),
                        f"waiting for the {service.name} client: {e.message}")
         else:
             log.warning("sender: job %s refused: %s", job_id, e.message)
-            transition(Job, job_id, Status.PROCESSING, Status.FAILED, now, f"the client refused the job: {e.message}")
+            transition(Job, job_id, Status.PROCESSING, Status.FAILED, ctx.clock(),
+                       f"the client refused the job: {e.message}")
             ctx.wake("sender")
         return
     except Exception:

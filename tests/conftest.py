@@ -6,6 +6,7 @@ With `tasks=True` its background tasks run as in production; without, tests call
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -119,8 +120,27 @@ def nodes(io_loop, tmp_path):
             node.ctx.http.close()
 
     io_loop.run_sync(teardown)
-    server_db.close()
-    client_db.close()
+    for db in (server_db, client_db):
+        if not db.deferred:
+            db.close()
+
+
+@pytest.fixture(autouse=True)
+def no_error_logs(caplog):
+    """Fail a test that logs an error it did not expect (a test expecting one clears caplog)."""
+    yield
+    errors = [record.getMessage() for when in ("setup", "call") for record in caplog.get_records(when)
+              if record.levelno >= logging.ERROR]
+    assert not errors
+
+
+def accept_error_logs(caplog, *expected: str) -> None:
+    """Check that the errors logged so far are exactly `expected` (each a part of one message, in order),
+    and accept them so that `no_error_logs` does not fail the test."""
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == len(expected), errors
+    assert all(part in error for part, error in zip(expected, errors, strict=True)), errors
+    caplog.clear()
 
 
 def services(client: Node, name: str = "example", **limits) -> dict[str, str]:
