@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "client: runs the jobs on a compute node")
     parser.add_argument("--port", help="port to listen on (PORT; server 5000, client 9000; 0 picks a free one)")
     parser.add_argument("--host", help="address to listen on (HOST; server 0.0.0.0, client 127.0.0.1)")
+    parser.add_argument("--insecure", action="store_true", help="let a client listen beyond this machine "
+                        "without ORCH_TOKEN (only on a network where nobody else can reach it)")
     return parser.parse_args(argv)
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     env.update(os.environ)
     flags = {name: value for name, value in (("PORT", args.port), ("HOST", args.host)) if value is not None}
     try:
-        config = load(args.mode, env, flags)
+        config = load(args.mode, env, flags, insecure=args.insecure)
     except ValueError as e:
         print(f"orchestrator {args.mode}: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """What every handler shares: the context, JSON answers, the one error body, ids from paths, file streaming."""
 
+import hmac
 import json
 import logging
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
 
 from orch.context import Context
-from orch.errors import BadRequest, NotFound, OrchError, PayloadTooLarge
+from orch.errors import BadRequest, NotFound, OrchError, PayloadTooLarge, Unauthorized
 from orch.storage import MultipartReceiver, new_name, remove
 
 log = logging.getLogger(__name__)
@@ -19,10 +20,23 @@ MAX_ID = 2**32 - 1  # ids are unsigned 32-bit numbers in the original's paths
 
 
 class BaseHandler(RequestHandler):
-    """Errors, whatever raised them, answer `{"id", "status", "message"}` as JSON, never a traceback."""
+    """Errors, whatever raised them, answer `{"id", "status", "message"}` as JSON, never a traceback.
+
+    A handler with `protected = True` answers only calls that carry ORCH_TOKEN (when one is set) as
+    `Authorization: Bearer <token>`, compared in constant time.
+    """
+
+    protected = False
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+
+    def prepare(self) -> None:
+        token = self.ctx.config.orch_token
+        if self.protected and token:
+            given = self.request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise Unauthorized("missing or wrong token: calls to a client need ORCH_TOKEN")
 
     def write_json(self, body: object, status: int = 200) -> None:
         self.set_status(status)
@@ -63,6 +77,7 @@ class UploadHandler(BaseHandler):
 
     def prepare(self) -> None:
         self.staging: Path | None = None
+        super().prepare()
         if self.request.method != "POST":
             raise HTTPError(405)
         self.limit = self.ctx.config.max_upload_size

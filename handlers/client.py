@@ -8,12 +8,26 @@ from tornado.web import url
 from handlers.base import BaseHandler, UploadHandler, parse_id
 from orch import payloads
 from orch.context import Context
+from orch.models import Payload, client_instance
 from orch.states import Status
+from orch.wire import INSTANCE_HEADER, JOB_HEADER
 
 ZIP = "application/zip"
 
 
-class Submit(UploadHandler):
+class PayloadHandler(BaseHandler):
+    """Calls from the server: they need the token, and answers about a payload name the client instance
+    and the payload's job, so the server can tell it is talking about the right job."""
+
+    protected = True
+
+    def name_payload(self, payload: Payload) -> None:
+        self.set_header(INSTANCE_HEADER, client_instance())
+        if payload.job_key:
+            self.set_header(JOB_HEADER, payload.job_key)
+
+
+class Submit(UploadHandler, PayloadHandler):
     async def post(self) -> None:
         """Receive a job's files; its run.sh starts at once.
 
@@ -31,7 +45,15 @@ class Submit(UploadHandler):
                     type: array
                     items: {type: string, format: binary}
                     description: The job's files (any field name; every part with a filename is a file).
+                  job_key:
+                    type: string
+                    description: The server's name for the job; a payload already made for it is answered
+                      instead of a new one.
+                  timeout: {type: number, description: Walltime of run.sh in seconds.}
         responses:
+          "401":
+            description: ORCH_TOKEN is set and the call does not carry it.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: The payload, Prepared.
             content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
@@ -42,13 +64,13 @@ class Submit(UploadHandler):
             description: The body is over MAX_UPLOAD_SIZE.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
-        self.received_fields()
-        payload = payloads.create_payload(self.ctx, self.staging)
+        payload = payloads.create_payload(self.ctx, self.staging, self.received_fields())
         self.staging = None
+        self.name_payload(payload)
         self.write_json(payloads.as_json(self.ctx, payload))
 
 
-class Retrieve(BaseHandler):
+class Retrieve(PayloadHandler):
     async def get(self, payload_id: str) -> None:
         """The payload's result, or its status.
 
@@ -58,6 +80,9 @@ class Retrieve(BaseHandler):
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
+          "401":
+            description: ORCH_TOKEN is set and the call does not carry it.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: The result zip when the payload is Completed; otherwise the payload.
             content:
@@ -71,6 +96,7 @@ class Retrieve(BaseHandler):
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
         payload = payloads.get(parse_id(payload_id))
+        self.name_payload(payload)
         if payload.status != Status.COMPLETED.value:
             self.write_json(payloads.as_json(self.ctx, payload))
             return
@@ -79,7 +105,7 @@ class Retrieve(BaseHandler):
     head = get
 
 
-class RetrievePartial(BaseHandler):
+class RetrievePartial(PayloadHandler):
     async def get(self, payload_id: str) -> None:
         """A zip of the payload's folder as it is now.
 
@@ -89,6 +115,9 @@ class RetrievePartial(BaseHandler):
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
+          "401":
+            description: ORCH_TOKEN is set and the call does not carry it.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: A zip of the payload's folder.
             content: {application/zip: {schema: {type: string, format: binary}}}
@@ -100,6 +129,7 @@ class RetrievePartial(BaseHandler):
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
         payload = payloads.get(parse_id(payload_id))
+        self.name_payload(payload)
         spool = await payloads.partial_zip(self.ctx, payload)
         try:
             await self.stream_file(spool, ZIP, f"payload-{payload.id}-partial.zip")
@@ -109,7 +139,7 @@ class RetrievePartial(BaseHandler):
     head = get
 
 
-class Kill(BaseHandler):
+class Kill(PayloadHandler):
     async def post(self, payload_id: str) -> None:
         """Kill a payload and its whole process tree.
 
@@ -122,6 +152,9 @@ class Kill(BaseHandler):
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
+          "401":
+            description: ORCH_TOKEN is set and the call does not carry it.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: The payload, Killed unless it had finished before.
             content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
@@ -133,10 +166,11 @@ class Kill(BaseHandler):
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
         payload = await payloads.kill(self.ctx, parse_id(payload_id))
+        self.name_payload(payload)
         self.write_json(payloads.as_json(self.ctx, payload))
 
 
-class Load(BaseHandler):
+class Load(PayloadHandler):
     def get(self) -> None:
         """The machine's CPU use.
 
@@ -144,6 +178,9 @@ class Load(BaseHandler):
         tags: [health]
         summary: CPU use of the client's machine, in percent since the previous call
         responses:
+          "401":
+            description: ORCH_TOKEN is set and the call does not carry it.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: A bare number between 0 and 100.
             content: {application/json: {schema: {type: number, minimum: 0, maximum: 100}}}

@@ -38,6 +38,7 @@ PAYLOAD = {
         "killed": {"type": "boolean"},
         "message": {"type": "string"},
         "exit_code": {"type": "integer", "nullable": True},
+        "job_key": {"type": "string", "nullable": True, "description": "The server's name for the job."},
     },
 }
 

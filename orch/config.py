@@ -3,6 +3,7 @@
 Only `orchestrator.py` calls `load()`; everything else receives the Config it builds.
 """
 
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 
 MODES = ("server", "client")
 SERVICE_PREFIX = "SERVICE_"
-SERVICE_SETTINGS = ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL", "RUNS_PER_USER", "MAX_RUNS")
+SERVICE_SETTINGS = ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL", "RUNS_PER_USER", "MAX_RUNS", "TIMEOUT")
 SERVICE_VARIABLE = re.compile(rf"SERVICE_(?P<name>[A-Za-z0-9_]+?)_(?P<setting>{'|'.join(SERVICE_SETTINGS)})")
 
 
@@ -25,6 +26,7 @@ class ServiceConfig:
     terminate_url: str
     runs_per_user: int = 5
     max_runs: int = 10
+    timeout: int | None = None  # walltime of a job in seconds; None: no limit
 
     @property
     def partial_url(self) -> str:
@@ -51,7 +53,23 @@ class Config:
     kill_grace: float = 5
     http_connect_timeout: float = 5
     http_timeout: float = 600
+    client_lost_after: float = 3600
+    orch_token: str = ""
+    job_env: str = "PATH,HOME,LANG,LC_ALL,TZ,TMPDIR,USER,LOGNAME"
+    script_blocklist: bool = True
+    # Not read from variables: the mode, the --insecure flag, and what is derived from other settings.
+    insecure: bool = False
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    job_environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tmp_path(self) -> Path:
+        """Scratch space beside the job folders (uploads being received, downloads, partial zips); emptied
+        at start."""
+        return self.data_path / ".tmp"
+
+
+NOT_VARIABLES = ("mode", "insecure", "services", "job_environment")
 
 
 # Defaults that differ by mode, so a server and a client started side by side never share files or a port.
@@ -60,6 +78,7 @@ MODE_DEFAULTS = {
     "client": {"host": "127.0.0.1", "port": 9000, "db_path": "client.sqlite", "data_path": "data/client"},
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def variable_name(field_name: str) -> str:
@@ -69,18 +88,19 @@ def variable_name(field_name: str) -> str:
 
 def settings_variables() -> list[str]:
     """Every plain (non-service) variable a Config reads, in field order."""
-    return [variable_name(f.name) for f in fields(Config) if f.name not in ("mode", "services")]
+    return [variable_name(f.name) for f in fields(Config) if f.name not in NOT_VARIABLES]
 
 
-def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None) -> Config:
-    """Build and validate the Config of `mode` from `env` (variables) and `overrides` (command-line flags).
+def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None, insecure: bool = False) -> Config:
+    """Build and validate the Config of `mode` from `env` (variables), `overrides` (command-line flags) and
+    `insecure` (the --insecure flag).
 
     Raises ValueError with a one-line message naming the offending variable.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     values = {**env, **(overrides or {})}
-    defaults = {f.name: f.default for f in fields(Config) if f.name not in ("mode", "services")}
+    defaults = {f.name: f.default for f in fields(Config) if f.name not in NOT_VARIABLES}
     defaults.update(MODE_DEFAULTS[mode])
     parsed = {}
     for name, default in defaults.items():
@@ -89,7 +109,10 @@ def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None
     for path_name in ("db_path", "data_path"):
         parsed[path_name] = Path(parsed[path_name]).expanduser().absolute()
     services = parse_services(env) if mode == "server" else {}
-    config = Config(mode=mode, services=services, **parsed)
+    # What a job gets of the client's environment: only the variables JOB_ENV names (never its token).
+    passed = [name.strip() for name in parsed["job_env"].split(",") if name.strip()]
+    job_environment = {name: env[name] for name in passed if name in env}
+    config = Config(mode=mode, services=services, insecure=insecure, job_environment=job_environment, **parsed)
     validate(config)
     return config
 
@@ -105,6 +128,10 @@ def _parse(name: str, raw: str, kind: type) -> object:
             return float(raw)
         except ValueError:
             raise ValueError(f"{variable} must be a number, got {raw!r}") from None
+    if kind is bool:
+        if raw.lower() not in BOOLEANS:
+            raise ValueError(f"{variable} must be true or false, got {raw!r}")
+        return BOOLEANS[raw.lower()]
     if kind is str and name == "log_level":
         return raw.upper()
     return raw
@@ -117,7 +144,7 @@ def validate(config: Config) -> None:
     if config.log_level not in LOG_LEVELS:
         raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     positive = ("max_age", "max_upload_size", "sender_interval", "getter_interval", "runner_interval",
-                "cleaner_interval", "http_connect_timeout", "http_timeout")
+                "cleaner_interval", "http_connect_timeout", "http_timeout", "client_lost_after")
     for name in positive:
         if not 0 < getattr(config, name) < math.inf:
             raise ValueError(f"{variable_name(name)} must be greater than 0, got {getattr(config, name)}")
@@ -125,6 +152,21 @@ def validate(config: Config) -> None:
         raise ValueError(f"KILL_GRACE must be 0 or more, got {config.kill_grace}")
     if config.http_timeout <= config.kill_grace:
         raise ValueError("HTTP_TIMEOUT must be longer than KILL_GRACE, or terminations time out before a kill ends")
+    if config.orch_token and not re.fullmatch(r"[\x21-\x7e]+", config.orch_token):
+        raise ValueError("ORCH_TOKEN must be printable ASCII without spaces (it travels in an HTTP header)")
+    if config.mode == "client" and not config.orch_token and not config.insecure and not is_loopback(config.host):
+        raise ValueError(f"HOST is {config.host}, so anyone who reaches this client could run code on it: set "
+                         "ORCH_TOKEN (the same on the server), or pass --insecure if the network is private")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_services(env: dict[str, str]) -> dict[str, ServiceConfig]:
@@ -161,8 +203,11 @@ def _service(name: str, settings: dict[str, tuple[str, str]]) -> ServiceConfig:
     # The original needs TERMINATE_URL spelled out; here it defaults to the client's /kill beside /retrieve.
     urls["terminate_url"] = urls["terminate_url"] or sibling_url(urls["download_url"], "kill")
     limits = {}
-    for setting, default in (("RUNS_PER_USER", 5), ("MAX_RUNS", 10)):
-        variable, value = settings.get(setting, (prefix + setting, str(default)))
+    for setting, default in (("RUNS_PER_USER", "5"), ("MAX_RUNS", "10"), ("TIMEOUT", "")):
+        variable, value = settings.get(setting, (prefix + setting, default))
+        if setting == "TIMEOUT" and value in ("", "0"):
+            limits["timeout"] = None  # no walltime
+            continue
         if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
             raise ValueError(f"{variable} must be a whole number of at least 1, got {value!r}")
         limits[setting.lower()] = int(value)

@@ -61,26 +61,36 @@ class Inflight:
 
 
 class Backoff:
-    """Per key (a service), consecutive failures and when to try again: 1 s, 2 s, 4 s... up to `cap`."""
+    """Per service, how its client has been failing: when to try again (1 s, 2 s, 4 s... up to `cap` after
+    the first failure) and since when it fails. Calls made in one round at `now` count as one failure."""
 
     def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
         self.base, self.cap = base, cap
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
+        self._down_since: dict[str, float] = {}
 
     def ready(self, key: str, now: float) -> bool:
         return self._retry_at.get(key, 0.0) <= now
 
     def failed(self, key: str, now: float) -> float:
-        """Record a failure; return the delay before the next try."""
+        """Record a failure of a call made at `now`; return the delay before the next try."""
+        self._down_since.setdefault(key, now)
+        if now < self._retry_at.get(key, 0.0):
+            return self._retry_at[key] - now  # another call of a round already counted
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         delay = min(self.cap, self.base * 2 ** (failures - 1))
         self._retry_at[key] = now + delay
         return delay
 
+    def down_for(self, key: str, now: float) -> float:
+        """Seconds since the client's failures began (0 while it answers)."""
+        return now - self._down_since.get(key, now)
+
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
         self._retry_at.pop(key, None)
+        self._down_since.pop(key, None)
 
 
 @dataclass(eq=False)
@@ -110,5 +120,4 @@ class Context:
 
     @property
     def tmp_path(self) -> Path:
-        """Scratch space beside the job folders (uploads in progress, partial zips); emptied at start."""
-        return self.config.data_path / ".tmp"
+        return self.config.tmp_path

@@ -19,6 +19,10 @@ class BadRequest(OrchError):
     status = 400
 
 
+class Unauthorized(OrchError):
+    status = 401
+
+
 class NotFound(OrchError):
     status = 404
 
@@ -42,8 +46,9 @@ class ClientError(OrchError):
 
     @property
     def transient(self) -> bool:
-        """Worth retrying later: the client was unreachable, timed out or failed on its side."""
-        return self.code >= 500
+        """Worth retrying later: the client was unreachable, timed out, failed on its side, or refused our
+        token (a configuration being fixed)."""
+        return self.code >= 500 or self.code in (401, 403)
 
 
 class InvalidTransition(Conflict):

@@ -14,6 +14,7 @@ from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
 from orch.models import Job, create, transition
 from orch.states import Status
+from orch.wire import GONE, Destination
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ TERMINATE_ATTEMPTS = 5
 
 def folder(ctx: Context, job: Job) -> Path:
     return ctx.data_path / job.folder
+
+
+def destination(job: Job) -> Destination:
+    """Where a dispatched job is: its payload on its client. The job's folder name is its key."""
+    return Destination(job.dest_id, job.dest_instance, job.folder)
 
 
 def as_json(job: Job, message: str | None = None) -> dict:
@@ -108,9 +114,9 @@ async def _kill_on_client(ctx: Context, job: Job) -> Job:
     try:
         if service is None:
             raise ClientError(f"service {job.service!r} is no longer configured", 502)
-        answer = await ctx.clients.kill(service, job.dest_id)
+        answer = await ctx.clients.kill(service, destination(job))
     except ClientError as e:
-        if e.code == 404:  # the client does not know the payload: nothing of it runs there
+        if e.code in (404, GONE):  # the client does not have the payload: nothing of it runs there
             transition(Job, job.id, Status.LOCKED, Status.KILLED, ctx.clock(), "job terminated")
             ctx.wake("sender")
             return get(job.id)
@@ -141,9 +147,9 @@ async def fetch_partial(ctx: Context, job: Job) -> Path:
     ctx.tmp_path.mkdir(parents=True, exist_ok=True)
     spool = ctx.tmp_path / f"partial-{job.id}-{storage.new_name()}.zip"
     try:
-        await ctx.clients.retrieve_partial(service, job.dest_id, spool)
+        await ctx.clients.retrieve_partial(service, destination(job), spool)
     except ClientError as e:
-        if e.code == 404:
+        if e.code in (404, GONE):
             raise NotFound("Job payload not found on client", job.id, job.status) from None
         raise ClientError(f"Error retrieving partial data from client: {e.message}", e.code, job.id,
                           job.status) from None

@@ -5,6 +5,7 @@ modes can run in one process (the integration tests do). Each is initialised onc
 `open_server_db` / `open_client_db`.
 """
 
+import uuid
 from pathlib import Path
 
 from peewee import (
@@ -49,6 +50,7 @@ class Job(Model):
     status = status_field(JOB_STATUSES)
     folder = CharField()  # name of the job's folder under DATA_PATH
     dest_id = IntegerField(null=True)  # payload id on the service's client once submitted
+    dest_instance = CharField(null=True)  # the instance id of that client, when it says it
     message = TextField(default="")
     created_at = FloatField()
     updated_at = FloatField()
@@ -102,6 +104,9 @@ class Payload(Model):
     """A job on a client (its folder is `DATA_PATH/<id>`) and the process that runs its run.sh."""
 
     status = status_field(PAYLOAD_STATUSES)
+    job_key = CharField(null=True, unique=True)  # the server's name for the job: a repeated submit is a no-op
+    walltime = FloatField(null=True)  # seconds run.sh may run
+    deadline = FloatField(null=True)  # when it must be stopped (set at start)
     pid = IntegerField(default=0)
     started_at = FloatField(null=True)  # the process's start time: guards against a recycled pid
     killed = BooleanField(default=False)
@@ -115,6 +120,17 @@ class Payload(Model):
         database = client_db
         table_name = "payloads"
         indexes = ((("status", "finished_at"), False),)
+
+
+class Instance(Model):
+    """The client's instance id, made with its database: a server that finds another id behind a client's
+    URL knows that the client lost what it had, and that its payload ids now mean other jobs."""
+
+    id = CharField(primary_key=True)
+
+    class Meta:
+        database = client_db
+        table_name = "instance"
 
 
 class PayloadEvent(Model):
@@ -151,7 +167,14 @@ def open_server_db(path: Path) -> SqliteDatabase:
 
 
 def open_client_db(path: Path) -> SqliteDatabase:
-    return _open(client_db, path, Payload, [])
+    db = _open(client_db, path, Payload, [Instance])
+    if not Instance.select().exists():
+        Instance.create(id=uuid.uuid4().hex)
+    return db
+
+
+def client_instance() -> str:
+    return Instance.get().id
 
 
 def _open(db: SqliteDatabase, path: Path, model: type[Model], others: list[type[Model]]) -> SqliteDatabase:

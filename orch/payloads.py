@@ -7,6 +7,7 @@ the result zip) lives in `DATA_PATH/.control/`, out of the folder that the job w
 
 import asyncio
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tornado.ioloop import IOLoop
 
 from orch import processes, storage
 from orch.context import Context
-from orch.errors import NotFound
+from orch.errors import BadRequest, NotFound
 from orch.models import Payload, client_db, create, transition
 from orch.states import Status
 
@@ -41,10 +42,11 @@ def result_file(ctx: Context, payload_id: int) -> Path:
 
 
 def as_json(ctx: Context, payload: Payload) -> dict:
-    """The Payload body the original client sends (`input` stays empty: the files are not echoed back)."""
+    """The Payload body the original client sends (`input` stays empty: the files are not echoed back),
+    with the reason of its status, its exit code and the job it belongs to."""
     return {"id": payload.id, "input": {}, "status": payload.status, "loc": str(folder(ctx, payload.id)),
             "pid": payload.pid, "killed": payload.killed, "message": payload.message,
-            "exit_code": payload.exit_code}
+            "exit_code": payload.exit_code, "job_key": payload.job_key}
 
 
 def get(payload_id: int) -> Payload:
@@ -54,13 +56,36 @@ def get(payload_id: int) -> Payload:
     return payload
 
 
-def create_payload(ctx: Context, staging: Path) -> Payload:
-    """Record a payload Prepared for the files received in `staging`, which becomes its folder."""
+def create_payload(ctx: Context, staging: Path, fields: dict[str, str]) -> Payload:
+    """Record a payload Prepared for the files received in `staging`, which becomes its folder.
+
+    `fields` may name the job (`job_key`): if a payload of that job exists, it is returned and the files
+    are dropped, so a repeated submit never runs a job twice. `timeout` is its walltime in seconds.
+    """
+    job_key = fields.get("job_key") or None
+    walltime = _walltime(fields.get("timeout"))
+    existing = Payload.get_or_none(Payload.job_key == job_key) if job_key else None
+    if existing is not None:
+        storage.remove(staging)
+        return existing
     with client_db.atomic():
-        payload = create(Payload, Status.PREPARED, ctx.clock(), reason="submitted")
+        payload = create(Payload, Status.PREPARED, ctx.clock(), reason="submitted", job_key=job_key,
+                         walltime=walltime)
         staging.rename(folder(ctx, payload.id))
     ctx.wake("runner")
     return payload
+
+
+def _walltime(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        walltime = float(raw)
+    except ValueError:
+        walltime = 0.0
+    if not 0 < walltime < math.inf:
+        raise BadRequest(f"timeout must be a positive number of seconds, got {raw[:40]!r}")
+    return walltime
 
 
 async def kill(ctx: Context, payload_id: int) -> Payload:

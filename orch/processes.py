@@ -58,6 +58,24 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
+def find_run(exit_path: Path) -> tuple[int, float] | None:
+    """The (pid, start time) of the wrapper writing to `exit_path`, if one runs: a run that a client started
+    just before it stopped, too soon to record its pid."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:4] == [b"bash", b"-c", WRAPPER.encode(), b"orchestrator-job"] and str(exit_path).encode() in argv:
+            pid = int(entry.name)
+            started_at = start_time(pid)
+            if started_at is not None and alive(pid, started_at):
+                return pid, started_at
+    return None
+
+
 def read_exit_code(path: Path) -> int | None:
     """The exit status the wrapper recorded, if any."""
     try:

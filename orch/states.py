@@ -44,6 +44,7 @@ JOB_TRANSITIONS = [
 PAYLOAD_TRANSITIONS = [
     (S.PREPARED, S.RUNNING), (S.PREPARED, S.INVALID), (S.PREPARED, S.KILLED), (S.PREPARED, S.FAILED),
     (S.RUNNING, S.COMPLETED), (S.RUNNING, S.FAILED), (S.RUNNING, S.KILLED),
+    (S.RUNNING, S.PREPARED),  # the client stopped between recording the start and starting run.sh
     *((done, S.CLEANED) for done in FINISHED - {S.UNKNOWN}),
 ]
 

@@ -1,14 +1,22 @@
-"""The server-to-client protocol, as the original speaks it.
+"""The server-to-client protocol: the original's, plus identity and a shared secret.
 
 submit: POST `UPLOAD_URL`, multipart with one part per input file, answered by a Payload JSON whose `id` the
 server keeps as `dest_id`. retrieve: GET `DOWNLOAD_URL/{dest_id}`, a zip (Content-Type application/zip) once
 the payload completed, its Payload JSON before. retrieve_partial: GET `.../retrieve_partial/{dest_id}`, a zip.
-kill: POST `TERMINATE_URL/{dest_id}`. Bodies stream in both directions; every call has a connect and a total
-timeout; failures raise ClientError.
+kill: POST `TERMINATE_URL/{dest_id}`.
+
+Added, and ignored by clients of the original: the submit carries the job's key (a client that already has a
+payload for it answers that payload instead of running the job twice) and its walltime; every call carries
+`Authorization: Bearer ORCH_TOKEN` when a token is set; this project's client names itself (its instance id,
+which changes when its database is lost) and the job of each payload in response headers, which the server
+checks so that it never takes another job's payload for this one.
+
+Bodies stream in both directions; every call has a connect and a total timeout; failures raise ClientError.
 """
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
@@ -21,6 +29,18 @@ from orch.storage import COPY_CHUNK
 
 ZIP_TYPE = "application/zip"
 MAX_JSON_SIZE = 1024 * 1024
+INSTANCE_HEADER = "X-Orchestrator-Instance"
+JOB_HEADER = "X-Orchestrator-Job"
+GONE = 410  # the code of a ClientError saying the payload is not (or no longer) this job's
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a job was sent: its payload id on the client, the client's instance, the job's key."""
+
+    dest_id: int
+    instance: str | None
+    job_key: str
 
 
 class ClientAPI:
@@ -30,70 +50,102 @@ class ClientAPI:
         self.http = http
         self.connect_timeout = config.http_connect_timeout
         self.request_timeout = config.http_timeout
+        self.auth = {"Authorization": f"Bearer {config.orch_token}"} if config.orch_token else {}
+        self.tmp_path = config.tmp_path
 
-    async def submit(self, service: ServiceConfig, files: list[Path]) -> dict:
-        """Send `files` to the service's client; return the Payload it created (with an integer `id`)."""
+    async def submit(self, service: ServiceConfig, files: list[Path], job_key: str) -> Destination:
+        """Send the job `job_key` made of `files` to the service's client; return where it landed."""
         boundary = uuid4().hex
+        fields = {"job_key": job_key}
+        if service.timeout:
+            fields["timeout"] = str(service.timeout)
+        head = b"".join(_field(boundary, name, value) for name, value in fields.items())
         heads = [_part_head(boundary, path.name) for path in files]
         tail = f"--{boundary}--\r\n".encode()
-        length = sum(len(head) + path.stat().st_size + 2 for head, path in zip(heads, files, strict=True))
+        length = len(head) + len(tail) + sum(len(part) + path.stat().st_size + 2
+                                             for part, path in zip(heads, files, strict=True))
 
         async def produce(write: Callable[[bytes], Awaitable[None]]) -> None:
-            for head, path in zip(heads, files, strict=True):
-                await write(head)
+            await write(head)
+            for part, path in zip(heads, files, strict=True):
+                await write(part)
                 with open(path, "rb") as source:
                     while chunk := source.read(COPY_CHUNK):
                         await write(chunk)
                 await write(b"\r\n")
             await write(tail)
 
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}",
-                   "Content-Length": str(length + len(tail))}
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)}
         url = service.upload_url
         response = await self._fetch(url, method="POST", headers=headers, body_producer=produce)
         payload = _answer(url, response.code, response.body)
         if not isinstance(payload.get("id"), int) or payload["id"] < 1:
             raise ClientError(f"{url} answered without a payload id", 502)
-        return payload
+        _check_job(url, response.headers, job_key)
+        return Destination(payload["id"], response.headers.get(INSTANCE_HEADER), job_key)
 
-    async def retrieve(self, service: ServiceConfig, dest_id: int, zip_path: Path) -> dict | None:
+    async def retrieve(self, service: ServiceConfig, dest: Destination, zip_path: Path) -> dict | None:
         """Fetch a payload: None once its result zip has been saved at `zip_path`, else its Payload JSON."""
-        return await self._download(f"{service.download_url}/{dest_id}", zip_path, zip_required=False)
+        return await self._download(f"{service.download_url}/{dest.dest_id}", dest, zip_path, zip_required=False)
 
-    async def retrieve_partial(self, service: ServiceConfig, dest_id: int, zip_path: Path) -> None:
+    async def retrieve_partial(self, service: ServiceConfig, dest: Destination, zip_path: Path) -> None:
         """Save a zip of the payload's folder as it is now at `zip_path`."""
-        await self._download(f"{service.partial_url}/{dest_id}", zip_path, zip_required=True)
+        await self._download(f"{service.partial_url}/{dest.dest_id}", dest, zip_path, zip_required=True)
 
-    async def kill(self, service: ServiceConfig, dest_id: int) -> dict:
+    async def kill(self, service: ServiceConfig, dest: Destination) -> dict:
         """Kill the payload on its client; return its Payload JSON (empty from clients that send no body)."""
-        url = f"{service.terminate_url}/{dest_id}"
+        url = f"{service.terminate_url}/{dest.dest_id}"
         response = await self._fetch(url, method="POST", body=b"")
-        return _answer(url, response.code, response.body, empty_ok=True)
+        answer = _answer(url, response.code, response.body, empty_ok=True)
+        _check_identity(url, response.headers, dest)
+        return answer
 
-    async def _download(self, url: str, zip_path: Path, zip_required: bool) -> dict | None:
-        sink = _ZipOrJson(zip_path)
+    async def _download(self, url: str, dest: Destination, zip_path: Path, zip_required: bool) -> dict | None:
+        sink = _ZipOrJson(zip_path, self.tmp_path)
         try:
             response = await self._fetch(url, header_callback=sink.header_line, streaming_callback=sink.write)
             sink.close()
+            if not sink.is_zip:
+                payload = _answer(url, response.code, bytes(sink.buffer))
+            _check_identity(url, sink.headers, dest)
             if sink.is_zip:
                 sink.keep()
                 return None
-            payload = _answer(url, response.code, bytes(sink.buffer))
             if zip_required:
                 raise ClientError(f"{url} did not answer with a zip", 502)
             return payload
         finally:
             sink.discard()
 
-    async def _fetch(self, url: str, **kwargs) -> HTTPResponse:
-        request = HTTPRequest(url, connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
-                              **kwargs)
+    async def _fetch(self, url: str, headers: dict | None = None, **kwargs) -> HTTPResponse:
+        request = HTTPRequest(url, headers={**(headers or {}), **self.auth}, connect_timeout=self.connect_timeout,
+                              request_timeout=self.request_timeout, **kwargs)
         try:
             return await self.http.fetch(request, raise_error=False)
         except HTTPClientError as e:  # timed out, or the connection closed half-way
             raise ClientError(f"{url}: {e}", e.code) from None
         except OSError as e:
             raise ClientError(f"{url} could not be reached: {e}", 599) from None
+
+
+def _check_identity(url: str, headers: HTTPHeaders, dest: Destination) -> None:
+    """GONE unless the answer comes from the client instance that took the job, about this job's payload.
+    (A client of the original sends neither header: nothing to check.)"""
+    instance = headers.get(INSTANCE_HEADER)
+    if dest.instance and instance and instance != dest.instance:
+        raise ClientError(f"{url} is another client instance ({instance}) than the one that took the job "
+                          f"({dest.instance}): its data was lost", GONE)
+    _check_job(url, headers, dest.job_key)
+
+
+def _check_job(url: str, headers: HTTPHeaders, job_key: str) -> None:
+    job = headers.get(JOB_HEADER)
+    if job and job != job_key:
+        raise ClientError(f"{url} holds another job's payload ({job}), not this job's ({job_key})", GONE)
+
+
+def _field(boundary: str, name: str, value: str) -> bytes:
+    return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
 
 
 def _part_head(boundary: str, name: str) -> bytes:
@@ -119,12 +171,13 @@ def _answer(url: str, code: int, body: bytes, empty_ok: bool = False) -> dict:
 
 
 class _ZipOrJson:
-    """Receives a streamed response: a 200 zip goes to a temporary file beside `zip_path`, anything else
-    (a JSON status or an error) is kept in memory up to MAX_JSON_SIZE."""
+    """Receives a streamed response: a 200 zip goes to a scratch file in `tmp_path` (so nothing half-written
+    is ever left beside the result), anything else (a JSON status or an error) is kept in memory up to
+    MAX_JSON_SIZE."""
 
-    def __init__(self, zip_path: Path):
+    def __init__(self, zip_path: Path, tmp_path: Path):
         self.zip_path = zip_path
-        self.part_path = zip_path.with_name(f".{zip_path.name}.{uuid4().hex}.part")
+        self.part_path = tmp_path / f"{uuid4().hex}.part"
         self.headers = HTTPHeaders()
         self.code = 0
         self.is_zip = False
@@ -143,6 +196,7 @@ class _ZipOrJson:
     def write(self, chunk: bytes) -> None:
         if self.is_zip:
             if self._file is None:
+                self.part_path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.part_path, "wb")  # closed in close()
             self._file.write(chunk)
         elif len(self.buffer) < MAX_JSON_SIZE:

@@ -7,6 +7,7 @@ from orch.context import Context
 from orch.errors import ClientError
 from orch.models import Job, transition
 from orch.states import FINISHED, Status
+from orch.wire import GONE
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +24,24 @@ MIRRORED = {
 
 
 async def poll_dispatched(ctx: Context, now: float) -> int:
-    """Start a poll of every Submitted or Running job not being polled already; return how many started."""
+    """Start a poll of every Submitted or Running job not being polled already and whose client is not in
+    backoff; return how many started."""
     started = 0
-    for (job_id,) in Job.select(Job.id).where(Job.status.in_([s.value for s in POLLED])).tuples():
-        if ("poll", job_id) not in ctx.inflight:
-            ctx.inflight.start(("poll", job_id), lambda job_id=job_id: poll(ctx, job_id))
+    dispatched = Job.select(Job.id, Job.service).where(Job.status.in_([s.value for s in POLLED]))
+    for job_id, service in dispatched.tuples():
+        if ("poll", job_id) not in ctx.inflight and ctx.backoff.ready(service, now):
+            ctx.inflight.start(("poll", job_id), lambda job_id=job_id: poll(ctx, job_id, now))
             started += 1
     return started
 
 
-async def poll(ctx: Context, job_id: int) -> None:
-    """Ask the job's client about it once and record what it says; leave the job as it is when the client
-    cannot be reached (the next round asks again)."""
+async def poll(ctx: Context, job_id: int, now: float) -> None:
+    """Ask the job's client about it once (in the round at `now`) and record what it says.
+
+    A client that cannot be reached leaves the job as it is (the next round asks again, after a backoff),
+    until it has failed for CLIENT_LOST_AFTER: then the job ends Unknown. A client that no longer has the
+    payload, or is not the instance that took it, ends the job Unknown at once: it never gets another job's
+    results."""
     job = Job.get_by_id(job_id)
     status = Status(job.status)
     service = ctx.config.services.get(job.service)
@@ -42,16 +49,25 @@ async def poll(ctx: Context, job_id: int) -> None:
         _finish(ctx, job, status, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
         return
     try:
-        answer = await ctx.clients.retrieve(service, job.dest_id, jobs.folder(ctx, job) / jobs.RESULT)
+        answer = await ctx.clients.retrieve(service, jobs.destination(job), jobs.folder(ctx, job) / jobs.RESULT)
     except ClientError as e:
         if e.code == 404:
             _finish(ctx, job, status, Status.UNKNOWN, f"the client no longer knows this job (payload {job.dest_id})")
+        elif e.code == GONE:
+            _finish(ctx, job, status, Status.UNKNOWN, e.message)
         else:
-            log.warning("getter: job %s: %s", job_id, e.message)
+            ctx.backoff.failed(service.name, now)
+            down = ctx.backoff.down_for(service.name, now)
+            if down >= ctx.config.client_lost_after:
+                _finish(ctx, job, status, Status.UNKNOWN,
+                        f"lost contact with the {service.name} client for {down:.0f} s: {e.message}")
+            else:
+                log.warning("getter: job %s: %s", job_id, e.message)
         return
     except Exception:
         log.exception("getter: job %s failed", job_id)
         return
+    ctx.backoff.succeeded(service.name)
     if answer is None:
         _finish(ctx, job, status, Status.COMPLETED, "")
         return

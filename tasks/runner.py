@@ -5,7 +5,7 @@ import logging
 
 from tornado.process import Subprocess
 
-from orch import payloads, processes
+from orch import payloads, policy, processes
 from orch.context import Context
 from orch.models import Payload, transition
 from orch.states import Status
@@ -33,18 +33,26 @@ async def start_prepared(ctx: Context, now: float) -> int:
 
 
 def start(ctx: Context, payload: Payload, now: float) -> bool:
-    """Start one payload's run.sh: Invalid without a run.sh, Failed if it cannot start, else Running with
-    its process watched until it ends. False if the payload was killed first."""
+    """Start one payload's run.sh: Invalid without a run.sh or when the blocklist refuses it, Failed if it
+    cannot start, else Running with its process watched until it ends. False if the payload was killed first."""
     folder = payloads.folder(ctx, payload.id)
-    if not (folder / payloads.SCRIPT).is_file():
+    script = folder / payloads.SCRIPT
+    if not script.is_file():
         transition(Payload, payload.id, Status.PREPARED, Status.INVALID, now,
                    f"{payloads.SCRIPT} not found among the job's files")
         return False
+    if ctx.config.script_blocklist:
+        reason = policy.unsafe_reason(script.read_bytes())
+        if reason:
+            transition(Payload, payload.id, Status.PREPARED, Status.INVALID, now, reason)
+            return False
+    deadline = now + payload.walltime if payload.walltime else None
     # No await from here to the pid being stored: a kill cannot come in between.
-    if not transition(Payload, payload.id, Status.PREPARED, Status.RUNNING, now):
+    if not transition(Payload, payload.id, Status.PREPARED, Status.RUNNING, now, deadline=deadline):
         return False
     try:
-        process = processes.spawn(folder, folder / payloads.LOG, payloads.exit_file(ctx, payload.id), env=None)
+        process = processes.spawn(folder, folder / payloads.LOG, payloads.exit_file(ctx, payload.id),
+                                  env=ctx.config.job_environment)
     except OSError as e:
         transition(Payload, payload.id, Status.RUNNING, Status.FAILED, now, f"could not start {payloads.SCRIPT}: {e}")
         return False
@@ -55,28 +63,58 @@ def start(ctx: Context, payload: Payload, now: float) -> bool:
 
 
 async def watch(ctx: Context, payload_id: int, process: Subprocess) -> None:
-    """Wait for a run this process started, then record its end."""
-    code = await process.wait_for_exit(raise_error=False)
+    """Wait for a run this process started, stopping it at its deadline, then record its end."""
+    exited = process.wait_for_exit(raise_error=False)
+    payload = Payload.get_by_id(payload_id)
+    if payload.deadline is None:
+        code = await exited
+    else:
+        try:
+            code = await asyncio.wait_for(asyncio.shield(exited), max(0.0, payload.deadline - ctx.clock()))
+        except TimeoutError:
+            await processes.kill_tree(payload.pid, payload.started_at, ctx.config.kill_grace)
+            code = await exited
     finish(ctx, payload_id, code)
 
 
 async def adopt(ctx: Context, payload_id: int) -> None:
-    """Watch a run started by a previous client process: poll until it is gone, then take its exit status
-    from the control file its wrapper writes."""
+    """Watch a run started by a previous client process: poll until it is gone (stopping it at its
+    deadline), then take its exit status from the control file its wrapper writes.
+
+    A run whose pid was not recorded is looked for; if there is none and no exit status either, run.sh
+    never started: the payload goes back to Prepared and starts now."""
     payload = Payload.get_by_id(payload_id)
-    while processes.alive(payload.pid, payload.started_at):
+    exit_file = payloads.exit_file(ctx, payload_id)
+    pid, started_at = payload.pid, payload.started_at
+    if not processes.alive(pid, started_at) and not exit_file.exists():
+        found = processes.find_run(exit_file)
+        if found is None and pid == 0:
+            transition(Payload, payload_id, Status.RUNNING, Status.PREPARED, ctx.clock(),
+                       f"the client stopped before {payloads.SCRIPT} started")
+            ctx.wake("runner")
+            return
+        if found is not None:
+            pid, started_at = found
+            Payload.update(pid=pid, started_at=started_at).where(Payload.id == payload_id).execute()
+    while processes.alive(pid, started_at):
+        if payload.deadline is not None and ctx.clock() >= payload.deadline:
+            await processes.kill_tree(pid, started_at, ctx.config.kill_grace)
         await asyncio.sleep(ctx.config.runner_interval)
-    finish(ctx, payload_id, processes.read_exit_code(payloads.exit_file(ctx, payload_id)))
+    finish(ctx, payload_id, processes.read_exit_code(exit_file))
 
 
 def finish(ctx: Context, payload_id: int, code: int | None) -> None:
-    """Record how a run ended: Killed if asked to, Completed on exit status 0, Failed otherwise."""
+    """Record how a run ended: Killed if asked to, Completed on exit status 0, Failed otherwise (with
+    "timeout" in the message when it was stopped at its deadline)."""
     payload = Payload.get_by_id(payload_id)
     processes.kill_group(payload.pid, payload.started_at)  # whatever it left running in the background
     if payload.killed:
         status, message = Status.KILLED, "killed on request"
     elif code == 0:
         status, message = Status.COMPLETED, ""
+    elif payload.deadline is not None and ctx.clock() >= payload.deadline:
+        status, message = Status.FAILED, (f"timeout: {payloads.SCRIPT} ran longer than {payload.walltime:g} s "
+                                          f"and was stopped")
     elif code is None:
         status, message = Status.FAILED, f"{payloads.SCRIPT} ended while the client was down, leaving no exit status"
     elif code < 0:

@@ -37,16 +37,25 @@ async def send_queued(ctx: Context, now: float) -> int:
 
 async def send(ctx: Context, job_id: int, now: float) -> None:
     """Send one job claimed in the round at `now`: Submitted with its payload id when the client accepts it;
-    back to Queued when the client is unreachable or failing (its service retried from `now` plus a backoff);
-    Failed when the client refuses it."""
+    back to Queued when the client is unreachable or failing (its service retried from `now` plus a backoff),
+    Failed once it has been so for CLIENT_LOST_AFTER; Failed when the client refuses the job.
+
+    The job's key goes with it, so a send repeated after a crash or a lost answer finds the payload that
+    the first one made instead of running the job twice."""
     job = Job.get_by_id(job_id)
     service = ctx.config.services[job.service]
     try:
         files = sorted(path for path in (jobs.folder(ctx, job) / jobs.INPUT).iterdir() if path.is_file())
-        payload = await ctx.clients.submit(service, files)
+        dest = await ctx.clients.submit(service, files, job.folder)
     except ClientError as e:
         if e.transient:
             delay = ctx.backoff.failed(service.name, now)
+            down = ctx.backoff.down_for(service.name, now)
+            if down >= ctx.config.client_lost_after:
+                transition(Job, job_id, Status.PROCESSING, Status.FAILED, ctx.clock(),
+                           f"could not reach the {service.name} client for {down:.0f} s: {e.message}")
+                ctx.wake("sender")
+                return
             log.warning("sender: job %s not sent, next try in %.0f s: %s", job_id, delay, e.message)
             transition(Job, job_id, Status.PROCESSING, Status.QUEUED, ctx.clock(),
                        f"waiting for the {service.name} client: {e.message}")
@@ -62,4 +71,5 @@ async def send(ctx: Context, job_id: int, now: float) -> None:
         ctx.wake("sender")
         return
     ctx.backoff.succeeded(service.name)
-    transition(Job, job_id, Status.PROCESSING, Status.SUBMITTED, ctx.clock(), "", dest_id=payload["id"])
+    transition(Job, job_id, Status.PROCESSING, Status.SUBMITTED, ctx.clock(), "", dest_id=dest.dest_id,
+               dest_instance=dest.instance)

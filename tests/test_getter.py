@@ -12,7 +12,7 @@ from orch.models import Job, Payload
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
-from tests.conftest import Node, payload_status, script, upload, wait_for
+from tests.conftest import Node, job_status, payload_status, script, services, upload, wait_for
 
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.01; done\n"  # a run that lasts until the test creates `go`
 
@@ -33,9 +33,9 @@ async def run_on_client(client: Node, payload_id: int, until: set[str]) -> None:
     await wait_for(lambda: payload_status(payload_id) in until)
 
 
-async def poll(server: Node) -> int:
-    """One getter round, waiting for the polls it started; returns how many it started."""
-    started = await poll_dispatched(server.ctx, time.time())
+async def poll(server: Node, now: float | None = None) -> int:
+    """One getter round at `now`, waiting for the polls it started; returns how many it started."""
+    started = await poll_dispatched(server.ctx, time.time() if now is None else now)
     await server.settle()
     return started
 
@@ -113,16 +113,35 @@ async def test_a_job_its_client_no_longer_knows_becomes_unknown_with_the_reason(
     assert await poll(server) == 0
 
 
-async def test_a_client_that_is_down_leaves_the_job_as_it_is_and_it_is_polled_again(server, client, caplog):
+async def test_a_client_that_is_down_leaves_the_job_as_it_is_and_it_is_polled_again_after_a_backoff(
+        server, client, caplog):
     job_id, _ = await dispatched(server, script("exit 0\n"))
     before = Job.get_by_id(job_id)
     client.stop()
-    assert await poll(server) == 1
+    now = time.time()
+    assert await poll(server, now) == 1
     after = Job.get_by_id(job_id)
     assert (after.status, after.message, after.updated_at) == ("Submitted", before.message, before.updated_at)
     assert any(record.name == "tasks.getter" and "could not be reached" in record.getMessage()
                for record in caplog.records)
-    assert await poll(server) == 1
+    assert await poll(server, now + 0.5) == 0  # the service is in backoff
+    assert await poll(server, now + 1) == 1
+
+
+async def test_a_client_unreachable_for_client_lost_after_ends_its_jobs_unknown(nodes, caplog):
+    client = nodes("client")
+    server = nodes("server", client_lost_after=30, **services(client))
+    job_id, _ = await dispatched(server, script("exit 0\n"))
+    client.stop()
+    now = time.time()
+    assert await poll(server, now) == 1
+    assert job_status(job_id) == "Submitted"
+    assert await poll(server, now + 29) == 1
+    assert job_status(job_id) == "Submitted"
+    assert await poll(server, now + 40) == 1  # the first try after CLIENT_LOST_AFTER (and the backoff)
+    job = Job.get_by_id(job_id)
+    assert job.status == "Unknown"
+    assert job.message.startswith("lost contact with the example client for 40 s")
 
 
 async def test_a_poll_in_flight_is_not_started_twice(server, client, caplog):

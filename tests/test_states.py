@@ -137,7 +137,7 @@ def test_an_active_job_can_always_end_killed_or_failed():
 
 def test_the_payload_machine():
     assert outgoing(PAYLOAD_TRANSITIONS, S.PREPARED) == {S.RUNNING, S.INVALID, S.KILLED, S.FAILED}
-    assert outgoing(PAYLOAD_TRANSITIONS, S.RUNNING) == {S.COMPLETED, S.FAILED, S.KILLED}
+    assert outgoing(PAYLOAD_TRANSITIONS, S.RUNNING) == {S.COMPLETED, S.FAILED, S.KILLED, S.PREPARED}
     assert PAYLOAD_STATUSES == {S.PREPARED, S.RUNNING, S.COMPLETED, S.FAILED, S.INVALID, S.KILLED, S.CLEANED}
 
 
