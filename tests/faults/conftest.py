@@ -1,0 +1,27 @@
+"""Fixtures of the fault-injection suite, and the summary of its counts at the end of the session."""
+
+import pytest
+
+from tests.faults.cluster import COUNTS, Cluster
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Start a cluster with `cluster(server_env={...}, client_env={...})`; it is stopped after the test."""
+    made: list[Cluster] = []
+
+    def make(server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None) -> Cluster:
+        made.append(Cluster(tmp_path, server_env or {}, client_env or {}))
+        made[-1].start()
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if COUNTS:
+        terminalreporter.section("fault injection")
+        for line in COUNTS:
+            terminalreporter.write_line(line)
