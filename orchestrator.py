@@ -12,23 +12,17 @@ import os
 import signal
 import sys
 
-import psutil
 from dotenv import dotenv_values
-from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.process import Subprocess
 
 from handlers import make_app
-from orch import jobs, payloads
 from orch.config import Config, load
-from orch.context import Context
-from orch.models import open_client_db, open_server_db
+from orch.node import open_node
 from tasks import start_tasks
 
 VERSION = "1.0.0"
 MAX_BUFFERED_BODY = 1024 * 1024  # for requests that are not streamed (everything but upload and submit)
-MAX_RESPONSE_BODY = 2**40  # result zips stream to disk: no practical limit
 SHUTDOWN_GRACE = 10.0  # seconds that sends and polls in flight get to end on a stop
 
 log = logging.getLogger("orchestrator")
@@ -71,16 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def serve(config: Config) -> None:
     """Open the database, recover, listen, run the tasks; return after SIGINT or SIGTERM."""
-    http = AsyncHTTPClient(force_instance=True, max_clients=100, max_body_size=MAX_RESPONSE_BODY)
-    ctx = Context(config, http=http)
-    if config.mode == "server":
-        open_server_db(config.db_path)
-        jobs.recover(ctx)
-    else:
-        open_client_db(config.db_path)
-        payloads.recover(ctx)
-        Subprocess.initialize()
-        psutil.cpu_percent(interval=None)  # /load reports the use since the previous call: start counting
+    ctx = open_node(config)
     server = HTTPServer(make_app(ctx), max_body_size=MAX_BUFFERED_BODY)
     sockets = bind_sockets(config.port, config.host)
     server.add_sockets(sockets)
@@ -103,7 +88,7 @@ async def serve(config: Config) -> None:
     pending = [ctx.inflight.get(key) for key in ctx.inflight.keys("send") + ctx.inflight.keys("poll")]
     closing = asyncio.ensure_future(server.close_all_connections())
     await asyncio.wait([task for task in pending if task] + [closing], timeout=SHUTDOWN_GRACE)
-    http.close()
+    ctx.http.close()
 
 
 if __name__ == "__main__":

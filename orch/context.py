@@ -103,6 +103,7 @@ class Context:
     inflight: Inflight = field(default_factory=Inflight)
     backoff: Backoff = field(default_factory=Backoff)
     wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
+    instance: str = ""  # a client's instance id (see orch.models.Instance)
 
     def wake(self, task: str) -> None:
         """Run the named task now rather than at its next beat (no-op when tasks are not scheduled)."""

@@ -49,6 +49,11 @@ def as_json(ctx: Context, payload: Payload) -> dict:
             "exit_code": payload.exit_code, "job_key": payload.job_key}
 
 
+def run_of(ctx: Context, payload: Payload) -> processes.Run:
+    """The run of a payload's run.sh, tagged with the client instance and the payload id."""
+    return processes.Run(payload.pid, payload.started_at, f"{ctx.instance}.{payload.id}")
+
+
 def get(payload_id: int) -> Payload:
     payload = Payload.get_or_none(Payload.id == payload_id)
     if payload is None:
@@ -96,7 +101,7 @@ async def kill(ctx: Context, payload_id: int) -> Payload:
     if payload.status == Status.PREPARED.value:
         transition(Payload, payload_id, Status.PREPARED, Status.KILLED, ctx.clock(), "killed before it started")
     elif payload.status == Status.RUNNING.value:
-        await processes.kill_tree(payload.pid, payload.started_at, ctx.config.kill_grace)
+        await processes.kill_tree(run_of(ctx, payload), ctx.config.kill_grace)
         watcher = ctx.inflight.get(("run", payload_id))
         if watcher is not None:
             await asyncio.wait([watcher])  # it records the Killed status

@@ -4,13 +4,19 @@ Each run starts a small bash wrapper in a new session (so its own process group)
 `bash run.sh` with stdout and stderr in the job's log, then records the script's exit status in a control
 file outside the job folder and exits with it. The client normally learns the status from the wrapper's
 own exit; the file is how a restarted client learns it for a script that ended while it was down.
+
+Every process of a run inherits ORCHESTRATOR_RUN=<tag>, so that even one that left the process group and the
+tree (a daemon that double-forks) is found and stopped with its run. The client is a child subreaper: runs'
+orphans are reparented to it, not to init, and it reaps them (no zombies, even as PID 1 in a container).
 """
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -24,15 +30,45 @@ WRAPPER = (
 )
 POLL = 0.02  # seconds between two looks at a dying process tree
 REAP_TIMEOUT = 5.0  # how long SIGKILLed processes get to disappear
+TAG = "ORCHESTRATOR_RUN"
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def spawn(folder: Path, log_path: Path, exit_path: Path, env: dict[str, str] | None) -> Subprocess:
-    """Start `bash run.sh` in `folder` under the wrapper, in a new session. Raises OSError if it cannot."""
+@dataclass(frozen=True)
+class Run:
+    """A run of run.sh: its wrapper's pid and start time (0 and None before it starts), and its tag."""
+
+    pid: int
+    started_at: float | None
+    tag: str
+
+
+def spawn(folder: Path, log_path: Path, exit_path: Path, env: dict[str, str], tag: str) -> Subprocess:
+    """Start `bash run.sh` in `folder` under the wrapper, in a new session, with `env` and the run's tag.
+    Raises OSError if it cannot."""
     return Subprocess(
         ["bash", "-c", WRAPPER, "orchestrator-job", str(log_path), str(exit_path)],
-        cwd=folder, env=env, start_new_session=True,
+        cwd=folder, env={**env, TAG: tag}, start_new_session=True,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+
+
+def become_subreaper() -> None:
+    """Have orphaned processes of runs reparented to this process instead of init (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_strays(wrappers: set[int]) -> int:
+    """Reap the exited children that are not run wrappers (Tornado reaps those): orphans of runs that
+    came to this subreaper. Returns how many."""
+    reaped = 0
+    for child in psutil.Process().children():
+        try:
+            if child.pid not in wrappers and child.status() == psutil.STATUS_ZOMBIE:
+                reaped += os.waitpid(child.pid, os.WNOHANG)[0] == child.pid
+        except (psutil.Error, ChildProcessError):
+            pass
+    return reaped
 
 
 def start_time(pid: int) -> float | None:
@@ -84,59 +120,67 @@ def read_exit_code(path: Path) -> int | None:
         return None
 
 
-async def kill_tree(pid: int, started_at: float | None, grace: float) -> None:
-    """Stop the run whose wrapper is `pid`: SIGTERM to its process group and to every descendant (some
-    may have left the group), SIGKILL to whatever is still there after `grace` seconds; returns once all
-    are gone (or REAP_TIMEOUT after the SIGKILL)."""
-    tree = _tree(pid, started_at)
-    _signal(pid, tree, signal.SIGTERM)
+async def kill_tree(run: Run, grace: float) -> None:
+    """Stop a run: SIGTERM to every process of it (its group, its tree, whatever carries its tag), SIGKILL
+    to whatever is still there after `grace` seconds; returns once all are gone (or REAP_TIMEOUT after the
+    SIGKILL)."""
+    members = _members(run)
+    _signal(members, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while (tree := _living(tree)) and time.monotonic() < deadline:
+    while (members := _living(members)) and time.monotonic() < deadline:
         await asyncio.sleep(POLL)
-    _signal(pid, tree, signal.SIGKILL)
+    members = _living(members + _members(run))  # and whatever was started meanwhile
+    _signal(members, signal.SIGKILL)
     deadline = time.monotonic() + REAP_TIMEOUT
-    while _living(tree) and time.monotonic() < deadline:
+    while _living(members) and time.monotonic() < deadline:
         await asyncio.sleep(POLL)
 
 
-def kill_group(pgid: int, started_at: float | None) -> None:
-    """SIGKILL what is left of a finished run's process group (background jobs it did not wait for).
+def kill_leftovers(run: Run) -> None:
+    """SIGKILL what is left of a finished run (background processes it did not wait for)."""
+    _signal(_members(run), signal.SIGKILL)
 
-    Nothing is done if the pid now belongs to another process (it could lead another group)."""
-    current = start_time(pgid)
-    if pgid > 0 and (current is None or current == started_at):
+
+def _members(run: Run) -> list[psutil.Process]:
+    """The processes of a run: the wrapper and its tree, its process group, and those carrying its tag.
+
+    The group is looked at only while the pid is the wrapper's or free (with the group gone, a recycled pid
+    could lead someone else's group)."""
+    current = start_time(run.pid) if run.pid > 0 else None
+    own_group = run.pid > 0 and (current is None or current == run.started_at)
+    found: dict[int, psutil.Process] = {}
+    if own_group and current is not None:
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            root = psutil.Process(run.pid)
+            found = {process.pid: process for process in (root, *root.children(recursive=True))}
+        except psutil.Error:
             pass
-
-
-def _tree(pid: int, started_at: float | None) -> list[psutil.Process]:
-    if start_time(pid) != started_at:
-        return []  # gone, or the pid belongs to another process now
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _signal(pgid: int, tree: list[psutil.Process], signum: int) -> None:
-    if tree:
+    tag = f"{TAG}={run.tag}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in found:
+            continue
+        state = _stat(int(entry.name))
+        in_group = own_group and len(state) > 2 and int(state[2]) == run.pid
         try:
-            os.killpg(pgid, signum)
-        except (ProcessLookupError, PermissionError):
+            tagged = not in_group and tag in (entry / "environ").read_bytes().split(b"\0")
+            if in_group or tagged:
+                found[int(entry.name)] = psutil.Process(int(entry.name))
+        except (OSError, psutil.Error):
             pass
-    for process in tree:
+    return list(found.values())
+
+
+def _signal(processes: list[psutil.Process], signum: int) -> None:
+    for process in processes:
         try:
             process.send_signal(signum)
         except psutil.Error:
             pass
 
 
-def _living(tree: list[psutil.Process]) -> list[psutil.Process]:
+def _living(processes: list[psutil.Process]) -> list[psutil.Process]:
     living = []
-    for process in tree:
+    for process in processes:
         try:
             if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
                 living.append(process)

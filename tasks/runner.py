@@ -27,8 +27,12 @@ async def start_prepared(ctx: Context, now: float) -> int:
             log.exception("runner: payload %s failed", payload.id)
             for status in (Status.PREPARED, Status.RUNNING):
                 transition(Payload, payload.id, status, Status.FAILED, ctx.clock(), "internal error at start")
-    for (payload_id,) in Payload.select(Payload.id).where(Payload.status == Status.RUNNING.value).tuples():
+    wrappers = set()
+    running = Payload.select(Payload.id, Payload.pid).where(Payload.status == Status.RUNNING.value)
+    for payload_id, pid in running.tuples():
         ctx.inflight.start(("run", payload_id), lambda payload_id=payload_id: adopt(ctx, payload_id))
+        wrappers.add(pid)
+    processes.reap_strays(wrappers)
     return started
 
 
@@ -52,7 +56,7 @@ def start(ctx: Context, payload: Payload, now: float) -> bool:
         return False
     try:
         process = processes.spawn(folder, folder / payloads.LOG, payloads.exit_file(ctx, payload.id),
-                                  env=ctx.config.job_environment)
+                                  ctx.config.job_environment, payloads.run_of(ctx, payload).tag)
     except OSError as e:
         transition(Payload, payload.id, Status.RUNNING, Status.FAILED, now, f"could not start {payloads.SCRIPT}: {e}")
         return False
@@ -72,7 +76,7 @@ async def watch(ctx: Context, payload_id: int, process: Subprocess) -> None:
         try:
             code = await asyncio.wait_for(asyncio.shield(exited), max(0.0, payload.deadline - ctx.clock()))
         except TimeoutError:
-            await processes.kill_tree(payload.pid, payload.started_at, ctx.config.kill_grace)
+            await processes.kill_tree(payloads.run_of(ctx, payload), ctx.config.kill_grace)
             code = await exited
     finish(ctx, payload_id, code)
 
@@ -98,7 +102,7 @@ async def adopt(ctx: Context, payload_id: int) -> None:
             Payload.update(pid=pid, started_at=started_at).where(Payload.id == payload_id).execute()
     while processes.alive(pid, started_at):
         if payload.deadline is not None and ctx.clock() >= payload.deadline:
-            await processes.kill_tree(pid, started_at, ctx.config.kill_grace)
+            await processes.kill_tree(payloads.run_of(ctx, Payload.get_by_id(payload_id)), ctx.config.kill_grace)
         await asyncio.sleep(ctx.config.runner_interval)
     finish(ctx, payload_id, processes.read_exit_code(exit_file))
 
@@ -107,7 +111,7 @@ def finish(ctx: Context, payload_id: int, code: int | None) -> None:
     """Record how a run ended: Killed if asked to, Completed on exit status 0, Failed otherwise (with
     "timeout" in the message when it was stopped at its deadline)."""
     payload = Payload.get_by_id(payload_id)
-    processes.kill_group(payload.pid, payload.started_at)  # whatever it left running in the background
+    processes.kill_leftovers(payloads.run_of(ctx, payload))  # whatever it left running in the background
     if payload.killed:
         status, message = Status.KILLED, "killed on request"
     elif code == 0:

@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpclient import HTTPResponse
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.process import Subprocess
 from tornado.testing import bind_unused_port
 
 from handlers import make_app
-from orch import jobs, payloads, processes
+from orch import payloads, processes
 from orch.config import Config, load
 from orch.context import Context
-from orch.models import Job, Payload, client_db, open_client_db, open_server_db, server_db
+from orch.models import Job, Payload, client_db, server_db
+from orch.node import open_node
 from orch.states import Status
 from tasks import Beat, start_tasks
 
@@ -89,15 +90,7 @@ def nodes(io_loop, tmp_path):
             "RUNNER_INTERVAL": "0.05",
         }
         env.update({name.upper(): str(value) for name, value in settings.items()})
-        config = load(mode, env)
-        ctx = Context(config, http=AsyncHTTPClient(force_instance=True, max_body_size=2**40))
-        if mode == "server":
-            open_server_db(config.db_path)
-            jobs.recover(ctx)
-        else:
-            open_client_db(config.db_path)
-            payloads.recover(ctx)
-            Subprocess.initialize()
+        ctx = open_node(load(mode, env))
         sock, port = bind_unused_port()
         http_server = HTTPServer(make_app(ctx))
         http_server.add_socket(sock)
@@ -114,7 +107,7 @@ def nodes(io_loop, tmp_path):
             node.stop()
             if node.config.mode == "client" and not client_db.is_closed():
                 for payload in Payload.select().where(Payload.status == Status.RUNNING.value):
-                    await processes.kill_tree(payload.pid, payload.started_at, 0)
+                    await processes.kill_tree(payloads.run_of(node.ctx, payload), 0)
             await asyncio.wait_for(node.ctx.inflight.wait(), WAIT_TIMEOUT)
             await node.http_server.close_all_connections()
             node.ctx.http.close()

@@ -39,10 +39,14 @@ class Runs:
         (folder / "run.sh").write_text(script)
         for helper, text in helpers.items():
             (folder / f"{helper}.sh").write_text(text)
-        process = processes.spawn(folder, self.log(folder), self.exit_file(folder), env)
+        process = processes.spawn(folder, self.log(folder), self.exit_file(folder), env or {}, folder.name)
         self.subprocesses.append(process)
         self.track(process.pid)
         return process, folder
+
+    def run(self, process: Subprocess, folder: Path) -> processes.Run:
+        """The Run of a process that `spawn` started (its tag is its folder's name)."""
+        return processes.Run(process.pid, processes.start_time(process.pid), folder.name)
 
     def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
         process = subprocess.Popen(args, **kwargs)
@@ -149,17 +153,11 @@ async def test_run_sh_needs_no_executable_bit_and_reads_nothing_from_stdin(runs)
     assert runs.log(folder).read_text() == "read status 1\n"
 
 
-async def test_without_env_the_script_inherits_the_environment(runs):
-    process, folder = runs.spawn('echo "[$PYTEST_CURRENT_TEST]"\n')
-    assert await process.wait_for_exit(raise_error=False) == 0
-    assert runs.log(folder).read_text() == f"[{os.environ['PYTEST_CURRENT_TEST']}]\n"
-
-
-async def test_with_env_the_script_sees_exactly_that_environment(runs):
+async def test_the_script_sees_exactly_the_environment_given_and_its_runs_tag(runs):
     env = {"PATH": os.environ["PATH"], "JOB_MARK": "marked"}
-    process, folder = runs.spawn('echo "[$JOB_MARK] [$PYTEST_CURRENT_TEST]"\n', env=env)
+    process, folder = runs.spawn('echo "[$JOB_MARK] [$PYTEST_CURRENT_TEST] [$ORCHESTRATOR_RUN]"\n', env=env)
     assert await process.wait_for_exit(raise_error=False) == 0
-    assert runs.log(folder).read_text() == "[marked] []\n"
+    assert runs.log(folder).read_text() == "[marked] [] [job]\n"
 
 
 async def test_the_run_is_a_session_leader_with_run_sh_in_its_process_group(runs):
@@ -176,7 +174,7 @@ async def test_the_run_is_a_session_leader_with_run_sh_in_its_process_group(runs
 async def test_a_folder_without_run_sh_exits_127_and_says_so_in_the_log(runs):
     folder = runs.tmp_path / "empty"
     folder.mkdir()
-    process = processes.spawn(folder, runs.log(folder), runs.exit_file(folder), None)
+    process = processes.spawn(folder, runs.log(folder), runs.exit_file(folder), {}, "empty")
     runs.subprocesses.append(process)
     assert await process.wait_for_exit(raise_error=False) == 127
     assert processes.read_exit_code(runs.exit_file(folder)) == 127
@@ -186,7 +184,7 @@ async def test_a_folder_without_run_sh_exits_127_and_says_so_in_the_log(runs):
 async def test_spawn_in_a_missing_folder_raises_oserror(runs):
     missing = runs.tmp_path / "missing"
     with pytest.raises(OSError):
-        processes.spawn(missing, runs.tmp_path / "run.log", runs.control / "missing.exit", None)
+        processes.spawn(missing, runs.tmp_path / "run.log", runs.control / "missing.exit", {}, "missing")
     assert not runs.exit_file(missing).exists()
 
 
@@ -259,7 +257,7 @@ async def test_kill_tree_stops_the_script_its_child_and_a_grandchild_that_left_t
     grandchild = pids[2]
     assert os.getsid(grandchild) == grandchild  # really out of the run's session and group
     assert os.getpgid(grandchild) != process.pid
-    await processes.kill_tree(process.pid, processes.start_time(process.pid), grace=5)
+    await processes.kill_tree(runs.run(process, folder), grace=5)
     assert [pid for pid in [process.pid, *pids] if not gone(pid)] == []
     assert await process.wait_for_exit(raise_error=False) != 0
 
@@ -276,7 +274,7 @@ async def test_kill_tree_sigkills_a_script_that_ignores_sigterm_after_the_grace_
         16,
     )
     assert ignored & (1 << (signal.SIGTERM - 1)), "the script should ignore SIGTERM"
-    await processes.kill_tree(process.pid, processes.start_time(process.pid), grace=0.1)
+    await processes.kill_tree(runs.run(process, folder), grace=0.1)
     assert gone(script_pid)
     assert gone(process.pid)
     assert await process.wait_for_exit(raise_error=False) != 0
@@ -291,7 +289,7 @@ async def test_a_script_that_handles_sigterm_gets_its_grace_period_and_the_wrapp
     )
     script_pid = await runs.pid_file(folder / "script.pid")
     started_at = processes.start_time(process.pid)
-    killing = asyncio.ensure_future(processes.kill_tree(process.pid, started_at, grace=WAIT_TIMEOUT))
+    killing = asyncio.ensure_future(processes.kill_tree(runs.run(process, folder), grace=WAIT_TIMEOUT))
     try:
         await wait_for((folder / "cleaning").exists)
         assert processes.alive(script_pid, processes.start_time(script_pid))
@@ -304,12 +302,12 @@ async def test_a_script_that_handles_sigterm_gets_its_grace_period_and_the_wrapp
 
 
 async def test_kill_tree_on_a_finished_run_does_nothing_and_does_not_raise(runs):
-    process, _ = runs.spawn("exit 0\n")
-    started_at = processes.start_time(process.pid)
+    process, folder = runs.spawn("exit 0\n")
+    run = runs.run(process, folder)
     assert await process.wait_for_exit(raise_error=False) == 0
-    await processes.kill_tree(process.pid, started_at, grace=0)
-    await processes.kill_tree(missing_pid(), None, grace=0)
-    await processes.kill_tree(missing_pid(), 12345.0, grace=0)
+    await processes.kill_tree(run, grace=0)
+    await processes.kill_tree(processes.Run(missing_pid(), None, "none"), grace=0)
+    await processes.kill_tree(processes.Run(missing_pid(), 12345.0, "none"), grace=0)
 
 
 @pytest.mark.parametrize("offset", [1.0, -1.0, None])
@@ -318,48 +316,73 @@ async def test_kill_tree_with_a_wrong_start_time_does_not_touch_the_process_that
     unrelated = runs.popen(["sleep", "1000"], start_new_session=True)
     started_at = processes.start_time(unrelated.pid)
     wrong = None if offset is None else started_at + offset
-    await processes.kill_tree(unrelated.pid, wrong, grace=0)
+    await processes.kill_tree(processes.Run(unrelated.pid, wrong, "not-its-tag"), grace=0)
     assert unrelated.poll() is None
     assert processes.alive(unrelated.pid, started_at)
 
 
-# --- kill_group --------------------------------------------------------------------------------------------
+# --- kill_leftovers ----------------------------------------------------------------------------------------
 
 
-async def test_kill_group_kills_what_a_finished_run_left_in_the_background(runs):
+async def test_kill_leftovers_kills_what_a_finished_run_left_in_the_background(runs):
     process, folder = runs.spawn("sleep 1000 &\n" + write_pid("background.pid", "$!") + "exit 0\n")
+    run = runs.run(process, folder)
     assert await process.wait_for_exit(raise_error=False) == 0
     background = await runs.pid_file(folder / "background.pid")
     assert not gone(background)
     assert os.getpgid(background) == process.pid
-    processes.kill_group(process.pid, None)  # the wrapper is reaped: its start time is not known any more
+    processes.kill_leftovers(run)
     await wait_for(lambda: gone(background))
 
 
-def test_kill_group_spares_a_group_whose_leader_is_another_process_now():
+async def test_a_daemon_that_left_the_group_and_the_tree_is_found_by_its_tag(runs):
+    """`setsid -f` double-forks: the daemon is in neither the run's group nor its tree, but it carries the tag."""
+    process, folder = runs.spawn("setsid -f sleep 1000\nexit 0\n")
+    run = runs.run(process, folder)
+    assert await process.wait_for_exit(raise_error=False) == 0
+    daemon = await wait_for(lambda: _tagged("job"))
+    runs.track(daemon)
+    assert os.getpgid(daemon) != process.pid
+    processes.kill_leftovers(run)
+    await wait_for(lambda: gone(daemon))
+
+
+def test_kill_leftovers_spares_a_group_whose_leader_is_another_process_now():
     """After a restart the recorded pid may lead someone else's group: a wrong start time keeps it alive."""
     unrelated = subprocess.Popen(["sleep", "1000"], start_new_session=True)
     try:
         started_at = processes.start_time(unrelated.pid)
-        processes.kill_group(unrelated.pid, started_at + 1)
+        processes.kill_leftovers(processes.Run(unrelated.pid, started_at + 1, "not-its-tag"))
         assert processes.alive(unrelated.pid, started_at)
     finally:
         unrelated.kill()
         unrelated.wait()
 
 
-def test_kill_group_of_a_group_that_no_longer_exists_does_not_raise():
-    processes.kill_group(missing_pid(), None)
+def test_kill_leftovers_of_a_run_that_left_nothing_does_not_raise():
+    processes.kill_leftovers(processes.Run(missing_pid(), None, "none"))
 
 
-@pytest.mark.parametrize("pgid", [0, -1])
-def test_kill_group_ignores_a_pid_that_would_mean_the_callers_own_group(pgid):
-    """killpg(0) would kill the caller's group: run it in a child that leads its own group, which must survive."""
-    code = f"from orch.processes import kill_group\nkill_group({pgid}, None)\nprint('survived')\n"
+@pytest.mark.parametrize("pid", [0, -1])
+def test_kill_leftovers_of_a_run_that_never_started_touches_no_group(pid):
+    """A pid of 0 or -1 must never reach a signal call that would mean the caller's own group."""
+    code = f"from orch.processes import Run, kill_leftovers\nkill_leftovers(Run({pid}, None, 'x'))\nprint('survived')\n"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, start_new_session=True, timeout=60
     )
     assert (result.returncode, result.stdout) == (0, "survived\n"), result.stderr
+
+
+def _tagged(tag: str) -> int | None:
+    """The pid of a process carrying ORCHESTRATOR_RUN=<tag> other than a wrapper or bash, if any."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"ORCHESTRATOR_RUN={tag}".encode() in (entry / "environ").read_bytes().split(
+                    b"\0") and (entry / "comm").read_text().strip() == "sleep":
+                return int(entry.name)
+        except OSError:
+            pass
+    return None
 
 
 # --- read_exit_code ----------------------------------------------------------------------------------------
