@@ -23,6 +23,8 @@ from tasks import start_tasks
 
 VERSION = "1.0.0"
 MAX_BUFFERED_BODY = 1024 * 1024  # for requests that are not streamed (everything but upload and submit)
+IDLE_TIMEOUT = 300.0  # seconds a connection may stay open without a request
+BODY_TIMEOUT = 3600.0  # seconds a request body may take to arrive (a large upload on a slow link)
 SHUTDOWN_GRACE = 10.0  # seconds that sends and polls in flight get to end on a stop
 
 log = logging.getLogger("orchestrator")
@@ -65,18 +67,18 @@ def main(argv: list[str] | None = None) -> int:
 
 async def serve(config: Config) -> None:
     """Open the database, recover, listen, run the tasks; return after SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)  # before anything else: a stop is never missed
     ctx = open_node(config)
-    server = HTTPServer(make_app(ctx), max_body_size=MAX_BUFFERED_BODY)
+    server = HTTPServer(make_app(ctx), max_body_size=MAX_BUFFERED_BODY, idle_connection_timeout=IDLE_TIMEOUT,
+                        body_timeout=BODY_TIMEOUT)
     sockets = bind_sockets(config.port, config.host)
     server.add_sockets(sockets)
     log.info("%s listening on http://%s:%d (API documentation at /swagger-ui/)", config.mode, config.host,
              sockets[0].getsockname()[1])
     beats = start_tasks(ctx)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
     log.info("stopping")

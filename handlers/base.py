@@ -75,8 +75,9 @@ class UploadHandler(BaseHandler):
     `post()` turns the folder into a job or payload and clears `self.staging`. A body that is malformed or
     over MAX_UPLOAD_SIZE is answered at once with a 4xx, and whatever it had written is removed."""
 
+    staging: Path | None = None  # also before prepare(): an unknown method is refused before it runs
+
     def prepare(self) -> None:
-        self.staging: Path | None = None
         super().prepare()
         if self.request.method != "POST":
             raise HTTPError(405)

@@ -1,5 +1,6 @@
 """The client's API, called by the server: submit, retrieve, partial retrieve, kill, load."""
 
+import asyncio
 import json
 
 import psutil
@@ -8,21 +9,34 @@ from tornado.web import url
 from handlers.base import BaseHandler, UploadHandler, parse_id
 from orch import payloads
 from orch.context import Context
+from orch.errors import BadRequest, Gone
 from orch.models import Payload, client_instance
 from orch.states import Status
 from orch.wire import INSTANCE_HEADER, JOB_HEADER
 
 ZIP = "application/zip"
+EVENTS_WAIT = 25.0
+MAX_EVENTS_WAIT = 60.0
 
 
 class PayloadHandler(BaseHandler):
-    """Calls from the server: they need the token, and answers about a payload name the client instance
-    and the payload's job, so the server can tell it is talking about the right job."""
+    """Calls from the server: they need the token. A call about a payload may say which client instance and
+    which job it means (request headers): if this is not that payload, it is refused (410) before anything
+    is done. Answers name the instance and the payload's job, for the server to check in turn."""
 
     protected = True
 
     def name_payload(self, payload: Payload) -> None:
-        self.set_header(INSTANCE_HEADER, client_instance())
+        """Refuse a call meant for another job or client instance; name this payload in the answer."""
+        instance = client_instance()
+        expected_instance = self.request.headers.get(INSTANCE_HEADER)
+        if expected_instance and expected_instance != instance:
+            raise Gone(f"this is another client instance ({instance}) than the one that took the job "
+                       f"({expected_instance}): it lost its data")
+        expected_job = self.request.headers.get(JOB_HEADER)
+        if expected_job and expected_job != payload.job_key:
+            raise Gone(f"payload {payload.id} is another job's payload, not {expected_job[:40]}'s")
+        self.set_header(INSTANCE_HEADER, instance)
         if payload.job_key:
             self.set_header(JOB_HEADER, payload.job_key)
 
@@ -83,6 +97,10 @@ class Retrieve(PayloadHandler):
           "401":
             description: ORCH_TOKEN is set and the call does not carry it.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "410":
+            description: The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or
+              client instance than this payload's; nothing was done.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: The result zip when the payload is Completed; otherwise the payload.
             content:
@@ -117,6 +135,10 @@ class RetrievePartial(PayloadHandler):
         responses:
           "401":
             description: ORCH_TOKEN is set and the call does not carry it.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "410":
+            description: The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or
+              client instance than this payload's; nothing was done.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: A zip of the payload's folder.
@@ -155,6 +177,10 @@ class Kill(PayloadHandler):
           "401":
             description: ORCH_TOKEN is set and the call does not carry it.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "410":
+            description: The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or
+              client instance than this payload's; nothing was done.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
           "200":
             description: The payload, Killed unless it had finished before.
             content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
@@ -165,9 +191,74 @@ class Kill(PayloadHandler):
             description: No such payload.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
+        self.name_payload(payloads.get(parse_id(payload_id)))
         payload = await payloads.kill(self.ctx, parse_id(payload_id))
-        self.name_payload(payload)
         self.write_json(payloads.as_json(self.ctx, payload))
+
+
+class Events(PayloadHandler):
+    async def get(self) -> None:
+        """Status changes of payloads, as they happen (a long-poll).
+
+        ---
+        tags: [payloads]
+        summary: Wait for the next status changes of payloads
+        description: |
+          Without `after`, answers at once with where the sequence of changes stands. With it, answers the
+          changes after that point as soon as there are any, or an empty list after `wait` seconds. The
+          server follows this to learn within milliseconds that a job finished.
+        parameters:
+          - {name: after, in: query, required: false, schema: {type: integer, minimum: 0}}
+          - {name: wait, in: query, required: false, schema: {type: number, minimum: 0, maximum: 60}}
+        responses:
+          "200":
+            description: The changes, oldest first, and the point to ask from next time.
+            content:
+              application/json:
+                schema:
+                  type: object
+                  properties:
+                    last: {type: integer}
+                    events:
+                      type: array
+                      items:
+                        type: object
+                        properties:
+                          seq: {type: integer}
+                          id: {type: integer}
+                          job_key: {type: string, nullable: true}
+                          status: {type: string}
+          "400":
+            description: The after or wait parameter is not a number in range.
+            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+        """
+        after = self.get_argument("after", None)
+        if after is not None and not after.isdigit():
+            raise BadRequest("after must be a whole number")
+        wait = self.get_argument("wait", str(EVENTS_WAIT))
+        try:
+            seconds = float(wait)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= MAX_EVENTS_WAIT:
+            raise BadRequest(f"wait must be a number of seconds between 0 and {MAX_EVENTS_WAIT}")
+        after_seq = None if after is None else int(after)
+        last, events = payloads.events_after(after_seq)
+        if not events and after_seq is not None and after_seq <= last:
+            self.waiting = asyncio.ensure_future(self.ctx.changes.wait(seconds))
+            try:
+                await self.waiting
+            except asyncio.CancelledError:
+                return  # the server hung up (or this client is stopping): nobody to answer
+            last, events = payloads.events_after(after_seq)
+        self.set_header(INSTANCE_HEADER, client_instance())
+        self.write_json({"last": last, "events": events})
+
+
+    def on_connection_close(self) -> None:
+        waiting = getattr(self, "waiting", None)
+        if waiting is not None:
+            waiting.cancel()
 
 
 class Load(PayloadHandler):
@@ -196,5 +287,6 @@ def routes(ctx: Context) -> list:
         url(r"/retrieve/([^/]+)", Retrieve, args),
         url(r"/retrieve_partial/([^/]+)", RetrievePartial, args),
         url(r"/kill/([^/]+)", Kill, args),
+        url(r"/events", Events, args),
         url(r"/load", Load, args),
     ]

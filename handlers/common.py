@@ -110,6 +110,7 @@ def routes(ctx: Context, db: Database, api: list) -> list:
     """Ping, health and documentation routes; the OpenAPI document describes `api` and these."""
     own = [url(r"/", Ping, {"ctx": ctx}), url(r"/health", Health, {"ctx": ctx, "db": db})]
     spec = openapi(ctx.config.mode, api + own)
+    name_services(spec, sorted(ctx.config.services))
     return own + [
         url(SPEC_URL, Spec, {"ctx": ctx, "spec": spec}),
         url(r"/swagger-ui/(.*)", SwaggerAssets, {"path": str(SWAGGER_UI), "default_filename": "index.html"}),
@@ -128,3 +129,10 @@ def openapi(mode: str, api: list) -> dict:
     )
     spec["components"]["schemas"] = {"StatusBody": STATUS_BODY, "Payload": PAYLOAD}
     return spec
+
+
+def name_services(spec: dict, services: list[str]) -> None:
+    """Let the upload's `service` field list the configured services (so generated calls can make jobs)."""
+    if services and "/upload" in spec["paths"]:
+        schema = spec["paths"]["/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        schema["properties"]["service"]["enum"] = services

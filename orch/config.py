@@ -33,6 +33,11 @@ class ServiceConfig:
         """The download URL with its last path segment replaced by `retrieve_partial` (as the original does)."""
         return sibling_url(self.download_url, "retrieve_partial")
 
+    @property
+    def events_url(self) -> str:
+        """The client's event stream, beside its `/retrieve`."""
+        return sibling_url(self.download_url, "events")
+
 
 @dataclass(frozen=True)
 class Config:

@@ -93,6 +93,30 @@ class Backoff:
         self._down_since.pop(key, None)
 
 
+class Changes:
+    """Wakes whoever waits for the next change (a long-poll of the client's events)."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future] = set()
+
+    def notify(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, timeout: float) -> None:
+        """Return at the next change, or after `timeout` seconds."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+
 @dataclass(eq=False)
 class Context:
     """Built once per process by `orchestrator.py` (and by the test fixtures)."""
@@ -102,6 +126,8 @@ class Context:
     clock: Callable[[], float] = time.time
     inflight: Inflight = field(default_factory=Inflight)
     backoff: Backoff = field(default_factory=Backoff)
+    changes: Changes = field(default_factory=Changes)
+    repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
     wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
     instance: str = ""  # a client's instance id (see orch.models.Instance)
 

@@ -31,6 +31,12 @@ class Conflict(OrchError):
     status = 409
 
 
+class Gone(OrchError):
+    """The payload asked about is not (any more) the one the caller means."""
+
+    status = 410
+
+
 class PayloadTooLarge(OrchError):
     status = 413
 

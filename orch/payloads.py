@@ -7,22 +7,25 @@ the result zip) lives in `DATA_PATH/.control/`, out of the folder that the job w
 
 import asyncio
 import logging
-import math
+import re
 import shutil
 from pathlib import Path
 
+from peewee import fn
 from tornado.ioloop import IOLoop
 
 from orch import processes, storage
 from orch.context import Context
 from orch.errors import BadRequest, NotFound
-from orch.models import Payload, client_db, create, transition
+from orch.models import Payload, PayloadEvent, client_db, create, transition
 from orch.states import Status
 
 log = logging.getLogger(__name__)
 
 SCRIPT = "run.sh"
 LOG = "run.log"
+JOB_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # it travels back in a response header
+MAX_WALLTIME = 10 * 365 * 86400
 
 
 def folder(ctx: Context, payload_id: int) -> Path:
@@ -54,6 +57,15 @@ def run_of(ctx: Context, payload: Payload) -> processes.Run:
     return processes.Run(payload.pid, payload.started_at, f"{ctx.instance}.{payload.id}")
 
 
+def move(ctx: Context, payload_id: int, src: Status, dst: Status, now: float, message: str | None = None,
+         **values) -> bool:
+    """`orch.models.transition` for payloads, waking the long-polls of /events when the status moved."""
+    moved = transition(Payload, payload_id, src, dst, now, message, **values)
+    if moved:
+        ctx.changes.notify()
+    return moved
+
+
 def get(payload_id: int) -> Payload:
     payload = Payload.get_or_none(Payload.id == payload_id)
     if payload is None:
@@ -68,6 +80,8 @@ def create_payload(ctx: Context, staging: Path, fields: dict[str, str]) -> Paylo
     are dropped, so a repeated submit never runs a job twice. `timeout` is its walltime in seconds.
     """
     job_key = fields.get("job_key") or None
+    if job_key is not None and not JOB_KEY.fullmatch(job_key):
+        raise BadRequest("job_key must be 1 to 128 printable ASCII characters without spaces")
     walltime = _walltime(fields.get("timeout"))
     existing = Payload.get_or_none(Payload.job_key == job_key) if job_key else None
     if existing is not None:
@@ -88,8 +102,8 @@ def _walltime(raw: str | None) -> float | None:
         walltime = float(raw)
     except ValueError:
         walltime = 0.0
-    if not 0 < walltime < math.inf:
-        raise BadRequest(f"timeout must be a positive number of seconds, got {raw[:40]!r}")
+    if not 0 < walltime <= MAX_WALLTIME:
+        raise BadRequest(f"timeout must be a number of seconds between 0 and {MAX_WALLTIME}, got {raw[:40]!r}")
     return walltime
 
 
@@ -99,7 +113,7 @@ async def kill(ctx: Context, payload_id: int) -> Payload:
     Payload.update(killed=True).where(Payload.id == get(payload_id).id).execute()
     payload = get(payload_id)
     if payload.status == Status.PREPARED.value:
-        transition(Payload, payload_id, Status.PREPARED, Status.KILLED, ctx.clock(), "killed before it started")
+        move(ctx, payload_id, Status.PREPARED, Status.KILLED, ctx.clock(), "killed before it started")
     elif payload.status == Status.RUNNING.value:
         await processes.kill_tree(run_of(ctx, payload), ctx.config.kill_grace)
         watcher = ctx.inflight.get(("run", payload_id))
@@ -108,13 +122,32 @@ async def kill(ctx: Context, payload_id: int) -> Payload:
     return get(payload_id)
 
 
+def start_zip(ctx: Context, payload_id: int) -> asyncio.Future:
+    """Start building the result zip of a Completed payload (once) in the control folder."""
+    source, path = folder(ctx, payload_id), result_file(ctx, payload_id)
+    return ctx.inflight.start(("zip", payload_id), lambda: _in_executor(storage.zip_folder, source, path))
+
+
 async def result_zip(ctx: Context, payload: Payload) -> Path:
-    """The zip of a Completed payload's folder, built once and kept in the control folder."""
+    """The zip of a Completed payload's folder (built when it completed, or now)."""
     path = result_file(ctx, payload.id)
     if not path.exists():
-        source = folder(ctx, payload.id)
-        await ctx.inflight.start(("zip", payload.id), lambda: _in_executor(storage.zip_folder, source, path))
+        await start_zip(ctx, payload.id)
     return path
+
+
+def events_after(after: int | None, limit: int = 1000) -> tuple[int, list[dict]]:
+    """The status changes of payloads after the sequence number `after` (oldest first, at most `limit`) and
+    the sequence number to ask from next time. With `after` None, or beyond the last change (a database that
+    was replaced), none: just where the sequence stands."""
+    last = PayloadEvent.select(fn.MAX(PayloadEvent.id)).scalar() or 0
+    if after is None or after > last:
+        return last, []
+    rows = (PayloadEvent.select(PayloadEvent.id, PayloadEvent.payload, PayloadEvent.dst, Payload.job_key)
+            .join(Payload).where(PayloadEvent.id > after).order_by(PayloadEvent.id).limit(limit).tuples())
+    events = [{"seq": seq, "id": payload_id, "job_key": job_key, "status": status}
+              for seq, payload_id, status, job_key in rows]
+    return (events[-1]["seq"] if events else after), events
 
 
 async def partial_zip(ctx: Context, payload: Payload) -> Path:

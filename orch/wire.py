@@ -3,7 +3,8 @@
 submit: POST `UPLOAD_URL`, multipart with one part per input file, answered by a Payload JSON whose `id` the
 server keeps as `dest_id`. retrieve: GET `DOWNLOAD_URL/{dest_id}`, a zip (Content-Type application/zip) once
 the payload completed, its Payload JSON before. retrieve_partial: GET `.../retrieve_partial/{dest_id}`, a zip.
-kill: POST `TERMINATE_URL/{dest_id}`.
+kill: POST `TERMINATE_URL/{dest_id}`. events (this project's clients only): GET `.../events?after=N`, a
+long-poll of payload status changes, so the server learns at once that a job finished.
 
 Added, and ignored by clients of the original: the submit carries the job's key (a client that already has a
 payload for it answers that payload instead of running the job twice) and its walltime; every call carries
@@ -95,15 +96,27 @@ class ClientAPI:
     async def kill(self, service: ServiceConfig, dest: Destination) -> dict:
         """Kill the payload on its client; return its Payload JSON (empty from clients that send no body)."""
         url = f"{service.terminate_url}/{dest.dest_id}"
-        response = await self._fetch(url, method="POST", body=b"")
+        response = await self._fetch(url, headers=_expect(dest), method="POST", body=b"")
         answer = _answer(url, response.code, response.body, empty_ok=True)
         _check_identity(url, response.headers, dest)
         return answer
 
+    async def events(self, service: ServiceConfig, after: int | None, wait: float) -> tuple[int, list[dict]]:
+        """The client's payload status changes after `after` (waiting up to `wait` seconds for some), and the
+        point to ask from next time. ClientError 404 from clients that have no event stream."""
+        query = f"?wait={wait:g}" + ("" if after is None else f"&after={after}")
+        url = f"{service.events_url}{query}"
+        response = await self._fetch(url, request_timeout=wait + self.request_timeout)
+        answer = _answer(url, response.code, response.body)
+        if not isinstance(answer.get("last"), int) or not isinstance(answer.get("events"), list):
+            raise ClientError(f"{url} answered without last and events", 502)
+        return answer["last"], answer["events"]
+
     async def _download(self, url: str, dest: Destination, zip_path: Path, zip_required: bool) -> dict | None:
         sink = _ZipOrJson(zip_path, self.tmp_path)
         try:
-            response = await self._fetch(url, header_callback=sink.header_line, streaming_callback=sink.write)
+            response = await self._fetch(url, headers=_expect(dest), header_callback=sink.header_line,
+                                         streaming_callback=sink.write)
             sink.close()
             if not sink.is_zip:
                 payload = _answer(url, response.code, bytes(sink.buffer))
@@ -118,14 +131,24 @@ class ClientAPI:
             sink.discard()
 
     async def _fetch(self, url: str, headers: dict | None = None, **kwargs) -> HTTPResponse:
+        kwargs.setdefault("request_timeout", self.request_timeout)
         request = HTTPRequest(url, headers={**(headers or {}), **self.auth}, connect_timeout=self.connect_timeout,
-                              request_timeout=self.request_timeout, **kwargs)
+                              **kwargs)
         try:
             return await self.http.fetch(request, raise_error=False)
         except HTTPClientError as e:  # timed out, or the connection closed half-way
             raise ClientError(f"{url}: {e}", e.code) from None
         except OSError as e:
             raise ClientError(f"{url} could not be reached: {e}", 599) from None
+
+
+def _expect(dest: Destination) -> dict[str, str]:
+    """Request headers naming the job and instance meant: this project's client refuses (GONE) a call whose
+    payload id now means another job, before doing anything."""
+    headers = {JOB_HEADER: dest.job_key}
+    if dest.instance:
+        headers[INSTANCE_HEADER] = dest.instance
+    return headers
 
 
 def _check_identity(url: str, headers: HTTPHeaders, dest: Destination) -> None:
@@ -144,6 +167,15 @@ def _check_job(url: str, headers: HTTPHeaders, job_key: str) -> None:
         raise ClientError(f"{url} holds another job's payload ({job}), not this job's ({job_key})", GONE)
 
 
+def _reason(body: bytes) -> str:
+    """The message of an error answer: its JSON `message`, or the start of its text."""
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else body[:200].decode("utf-8", "replace").strip()
+
+
 def _field(boundary: str, name: str, value: str) -> bytes:
     return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
 
@@ -157,8 +189,7 @@ def _part_head(boundary: str, name: str) -> bytes:
 def _answer(url: str, code: int, body: bytes, empty_ok: bool = False) -> dict:
     """The JSON object of a 2xx answer; ClientError for any other code or body."""
     if code // 100 != 2:
-        detail = body[:200].decode("utf-8", "replace").strip()
-        raise ClientError(f"{url} answered {code} {detail}".strip(), code)
+        raise ClientError(f"{url} answered {code}: {_reason(body)}".rstrip(": "), code)
     if empty_ok and not body.strip():
         return {}
     try:

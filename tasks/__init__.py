@@ -4,8 +4,9 @@ The ticks themselves (one module each) take the context and `now`, do one round 
 know nothing of timing, so tests call them directly with any `now`.
 """
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -15,6 +16,7 @@ from tasks.cleaner import clean_jobs, clean_payloads
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
+from tasks.watcher import follow_events
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,18 @@ class Beat:
             self._running = False
 
 
-def start_tasks(ctx: Context) -> list[Beat]:
-    """Start the tasks of the context's mode; stop them with `Beat.stop()`."""
+class Watch:
+    """A task that runs until stopped (the event stream of one client)."""
+
+    def __init__(self, work: Coroutine) -> None:
+        self._task = asyncio.ensure_future(work)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+def start_tasks(ctx: Context) -> list[Beat | Watch]:
+    """Start the tasks of the context's mode; stop each with `stop()`."""
     config = ctx.config
     if config.mode == "server":
         plan = [("sender", send_queued, config.sender_interval), ("getter", poll_dispatched, config.getter_interval),
@@ -72,4 +84,5 @@ def start_tasks(ctx: Context) -> list[Beat]:
     beats = [Beat(ctx, name, tick, interval) for name, tick, interval in plan]
     for beat in beats:
         beat.start()
-    return beats
+    watches = [Watch(follow_events(ctx, service)) for service in config.services.values()]
+    return beats + watches

@@ -42,7 +42,7 @@ async def clean_payloads(ctx: Context, now: float) -> int:
     cleaned = 0
     for payload in list(expired):
         try:
-            if transition(Payload, payload.id, Status(payload.status), Status.CLEANED, now):
+            if payloads.move(ctx, payload.id, Status(payload.status), Status.CLEANED, now):
                 await IOLoop.current().run_in_executor(None, payloads.remove_files, ctx, payload.id)
                 cleaned += 1
         except Exception:

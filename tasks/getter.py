@@ -35,7 +35,23 @@ async def poll_dispatched(ctx: Context, now: float) -> int:
     return started
 
 
+def poll_soon(ctx: Context, job_id: int) -> None:
+    """Poll a job now (its client said it changed); once more after the poll in flight, if there is one."""
+    ctx.repoll.add(job_id)
+    ctx.inflight.start(("poll", job_id), lambda: poll(ctx, job_id, ctx.clock()))
+
+
 async def poll(ctx: Context, job_id: int, now: float) -> None:
+    """Poll a job, again as long as its client reports changes meanwhile (see `poll_soon`)."""
+    while True:
+        ctx.repoll.discard(job_id)
+        await poll_once(ctx, job_id, now)
+        if job_id not in ctx.repoll:
+            return
+        now = ctx.clock()
+
+
+async def poll_once(ctx: Context, job_id: int, now: float) -> None:
     """Ask the job's client about it once (in the round at `now`) and record what it says.
 
     A client that cannot be reached leaves the job as it is (the next round asks again, after a backoff),
@@ -44,6 +60,8 @@ async def poll(ctx: Context, job_id: int, now: float) -> None:
     results."""
     job = Job.get_by_id(job_id)
     status = Status(job.status)
+    if status not in POLLED:
+        return  # it ended meanwhile
     service = ctx.config.services.get(job.service)
     if service is None:
         _finish(ctx, job, status, Status.UNKNOWN, f"service {job.service!r} is no longer configured")

@@ -3,11 +3,12 @@
 import asyncio
 import logging
 
+from tornado.ioloop import IOLoop
 from tornado.process import Subprocess
 
 from orch import payloads, policy, processes
 from orch.context import Context
-from orch.models import Payload, transition
+from orch.models import Payload
 from orch.states import Status
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,15 @@ async def start_prepared(ctx: Context, now: float) -> int:
     prepared = Payload.select().where(Payload.status == Status.PREPARED.value).order_by(Payload.id).limit(BATCH)
     for payload in list(prepared):
         try:
+            refusal = await refusal_of(ctx, payload)
+            if refusal:
+                payloads.move(ctx, payload.id, Status.PREPARED, Status.INVALID, now, refusal)
+                continue
             started += start(ctx, payload, now)
         except Exception:
             log.exception("runner: payload %s failed", payload.id)
             for status in (Status.PREPARED, Status.RUNNING):
-                transition(Payload, payload.id, status, Status.FAILED, ctx.clock(), "internal error at start")
+                payloads.move(ctx, payload.id, status, Status.FAILED, ctx.clock(), "internal error at start")
     wrappers = set()
     running = Payload.select(Payload.id, Payload.pid).where(Payload.status == Status.RUNNING.value)
     for payload_id, pid in running.tuples():
@@ -36,29 +41,29 @@ async def start_prepared(ctx: Context, now: float) -> int:
     return started
 
 
-def start(ctx: Context, payload: Payload, now: float) -> bool:
-    """Start one payload's run.sh: Invalid without a run.sh or when the blocklist refuses it, Failed if it
-    cannot start, else Running with its process watched until it ends. False if the payload was killed first."""
-    folder = payloads.folder(ctx, payload.id)
-    script = folder / payloads.SCRIPT
+async def refusal_of(ctx: Context, payload: Payload) -> str | None:
+    """Why a payload cannot run: no run.sh, or the blocklist refuses it (checked off the IOLoop)."""
+    script = payloads.folder(ctx, payload.id) / payloads.SCRIPT
     if not script.is_file():
-        transition(Payload, payload.id, Status.PREPARED, Status.INVALID, now,
-                   f"{payloads.SCRIPT} not found among the job's files")
-        return False
+        return f"{payloads.SCRIPT} not found among the job's files"
     if ctx.config.script_blocklist:
-        reason = policy.unsafe_reason(script.read_bytes())
-        if reason:
-            transition(Payload, payload.id, Status.PREPARED, Status.INVALID, now, reason)
-            return False
+        return await IOLoop.current().run_in_executor(None, policy.check_file, script)
+    return None
+
+
+def start(ctx: Context, payload: Payload, now: float) -> bool:
+    """Start one payload's run.sh: Failed if it cannot start, else Running with its process watched until it
+    ends. False if the payload was killed first."""
+    folder = payloads.folder(ctx, payload.id)
     deadline = now + payload.walltime if payload.walltime else None
     # No await from here to the pid being stored: a kill cannot come in between.
-    if not transition(Payload, payload.id, Status.PREPARED, Status.RUNNING, now, deadline=deadline):
+    if not payloads.move(ctx, payload.id, Status.PREPARED, Status.RUNNING, now, deadline=deadline):
         return False
     try:
         process = processes.spawn(folder, folder / payloads.LOG, payloads.exit_file(ctx, payload.id),
                                   ctx.config.job_environment, payloads.run_of(ctx, payload).tag)
     except OSError as e:
-        transition(Payload, payload.id, Status.RUNNING, Status.FAILED, now, f"could not start {payloads.SCRIPT}: {e}")
+        payloads.move(ctx, payload.id, Status.RUNNING, Status.FAILED, now, f"could not start {payloads.SCRIPT}: {e}")
         return False
     Payload.update(pid=process.pid, started_at=processes.start_time(process.pid)).where(
         Payload.id == payload.id).execute()
@@ -93,7 +98,7 @@ async def adopt(ctx: Context, payload_id: int) -> None:
     if not processes.alive(pid, started_at) and not exit_file.exists():
         found = processes.find_run(exit_file)
         if found is None and pid == 0:
-            transition(Payload, payload_id, Status.RUNNING, Status.PREPARED, ctx.clock(),
+            payloads.move(ctx, payload_id, Status.RUNNING, Status.PREPARED, ctx.clock(),
                        f"the client stopped before {payloads.SCRIPT} started")
             ctx.wake("runner")
             return
@@ -125,4 +130,6 @@ def finish(ctx: Context, payload_id: int, code: int | None) -> None:
         status, message = Status.FAILED, f"{payloads.SCRIPT} was killed by signal {-code}"
     else:
         status, message = Status.FAILED, f"{payloads.SCRIPT} exited with code {code}"
-    transition(Payload, payload_id, Status.RUNNING, status, ctx.clock(), message, exit_code=code)
+    moved = payloads.move(ctx, payload_id, Status.RUNNING, status, ctx.clock(), message, exit_code=code)
+    if moved and status == Status.COMPLETED:
+        payloads.start_zip(ctx, payload_id)  # ready by the time the server asks for it

@@ -290,6 +290,7 @@ async def test_client_openapi_document_lists_its_routes(client):
     methods = {path: set(operations) for path, operations in spec["paths"].items()}
     assert methods == {
         "/submit": {"post"},
+        "/events": {"get"},
         "/retrieve/{payload_id}": {"get", "head"},
         "/retrieve_partial/{payload_id}": {"get", "head"},
         "/kill/{payload_id}": {"post"},

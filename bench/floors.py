@@ -1,0 +1,54 @@
+"""Floors: the same work done without the orchestrator, measured in the same run as the benchmark."""
+
+import os
+import subprocess
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.harness import median
+
+
+def run_and_zip(folder: Path, script: str) -> None:
+    """What a job costs at the least: start bash on its run.sh, wait, zip its folder."""
+    folder.mkdir()
+    (folder / "run.sh").write_text(script)
+    subprocess.run(["bash", "run.sh"], cwd=folder, check=True)
+    with zipfile.ZipFile(folder.with_suffix(".zip"), "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder))
+
+
+def one_job(script: str, times: int = 20) -> float:
+    """Median seconds of `run_and_zip` for one job at a time."""
+    with tempfile.TemporaryDirectory() as scratch:
+        durations = []
+        for i in range(times):
+            start = time.perf_counter()
+            run_and_zip(Path(scratch) / str(i), script)
+            durations.append(time.perf_counter() - start)
+    return median(durations)
+
+
+def many_jobs(script: str, jobs: int, at_once: int) -> float:
+    """Seconds to run and zip `jobs` jobs, `at_once` at a time."""
+    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(at_once) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda i: run_and_zip(Path(scratch) / str(i), script), range(jobs)))
+        return time.perf_counter() - start
+
+
+def disk_copy_rate(size: int) -> float:
+    """Bytes per second of copying a file of `size` bytes on this disk (`cp`, page cache warm)."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
+        source, target = Path(scratch) / "source", Path(scratch) / "target"
+        with open(source, "wb") as out:
+            for _ in range(size // (1 << 20)):
+                out.write(os.urandom(1 << 20))
+        subprocess.run(["cp", source, target], check=True)  # warm the page cache
+        target.unlink()
+        start = time.perf_counter()
+        subprocess.run(["cp", source, target], check=True)
+        return size / (time.perf_counter() - start)

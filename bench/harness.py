@@ -1,0 +1,147 @@
+"""What the benchmarks share: a server and a client as real `orchestrator.py` processes in a scratch folder,
+a portal-like HTTP driver, timing and memory helpers, and one way to print results."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+from tornado.httpclient import AsyncHTTPClient
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTLE = 0.001  # seconds between two polls of a portal waiting for its result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """One orchestrator.py process; its resident memory can be sampled."""
+
+    def __init__(self, mode: str, folder: Path, env: dict[str, str]):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(folder / f"{mode}.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(
+            [sys.executable, str(ROOT / "orchestrator.py"), mode, "--port", str(self.port)], cwd=folder,
+            env={"PATH": os.environ["PATH"], "LOG_LEVEL": "WARNING", **env}, stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.ps = psutil.Process(self.popen.pid)
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def stop(self) -> None:
+        self.popen.send_signal(signal.SIGTERM)
+        self.popen.wait(30)
+        self.log.close()
+
+
+class Orchestrator:
+    """A client and a server with service `bench` on it, in a scratch folder; used as a context manager."""
+
+    def __init__(self, server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None):
+        self.folder = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+        self.client = Process("client", self.folder / "client", {"KILL_GRACE": "1", **(client_env or {})})
+        self.server = Process("server", self.folder / "server", {
+            "SERVICE_BENCH_UPLOAD_URL": f"{self.client.url}/submit",
+            "SERVICE_BENCH_DOWNLOAD_URL": f"{self.client.url}/retrieve",
+            **(server_env or {}),
+        })
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=64, max_body_size=2**40)
+
+    async def __aenter__(self) -> "Orchestrator":
+        for process in (self.client, self.server):
+            while not await self._healthy(process):
+                assert process.popen.poll() is None, f"the {process} did not start"
+                await asyncio.sleep(0.02)
+        return self
+
+    async def _healthy(self, process: Process) -> bool:
+        try:
+            return (await self.http.fetch(f"{process.url}/health", raise_error=False)).code == 200
+        except OSError:
+            return False
+
+    async def __aexit__(self, *exc) -> None:
+        self.http.close()
+        self.server.stop()
+        self.client.stop()
+        subprocess.run(["rm", "-rf", str(self.folder)], check=False)
+
+    async def upload(self, body: bytes, content_type: str) -> int:
+        response = await self.http.fetch(f"{self.server.url}/upload", method="POST", body=body,
+                                         headers={"Content-Type": content_type}, request_timeout=600)
+        assert response.code == 201, response.body
+        return json.loads(response.body)["id"]
+
+    async def result(self, job_id: int) -> bytes:
+        """Poll /download as a portal does until the result zip comes; return it."""
+        while True:
+            response = await self.http.fetch(f"{self.server.url}/download/{job_id}", raise_error=False,
+                                             request_timeout=600)
+            if response.headers.get("Content-Type") == "application/zip":
+                return response.body
+            status = json.loads(response.body)["status"]
+            if status in ("Failed", "Invalid", "Killed", "Unknown", "Cleaned"):
+                raise RuntimeError(f"job {job_id} ended {status}: {response.body!r}")
+            await asyncio.sleep(SETTLE)
+
+
+def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
+              + content + b"\r\n" for name, content in files.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def job_body(script: str, user_id: int = 1) -> tuple[bytes, str]:
+    return multipart({"user_id": str(user_id), "service": "bench"}, {"run.sh": script.encode()})
+
+
+@contextmanager
+def timer():
+    """`with timer() as elapsed: ...` then `elapsed()` is the seconds it took."""
+    start = time.perf_counter()
+    end = None
+
+    def elapsed() -> float:
+        return (end or time.perf_counter()) - start
+
+    yield elapsed
+    end = time.perf_counter()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def show(name: str, rows: list[tuple[str, str]]) -> None:
+    """Print a benchmark's figures, one per line, aligned."""
+    print(f"\n== {name}")
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label.ljust(width)}  {value}")
+    sys.stdout.flush()

@@ -1,0 +1,41 @@
+"""Watcher (server): follows each client's event stream, so a finished job is fetched within milliseconds
+instead of at the getter's next round. Clients of the original have no stream: the getter's rounds serve."""
+
+import asyncio
+import logging
+
+from orch.config import ServiceConfig
+from orch.context import Context
+from orch.errors import ClientError
+from orch.models import Job
+from tasks.getter import POLLED, poll_soon
+
+log = logging.getLogger(__name__)
+
+WAIT = 25.0  # seconds a long-poll may wait for a change
+MAX_DELAY = 60.0
+
+
+async def follow_events(ctx: Context, service: ServiceConfig) -> None:
+    """Until cancelled: long-poll the service's client for payload status changes and poll each job that
+    changed at once. After an error it tries again 1 s later, then 2 s... up to a minute (the getter's rounds,
+    which also decide when a client is lost, go on meanwhile); a client without the stream ends the watch."""
+    after = None
+    failures = 0
+    while True:
+        try:
+            last, events = await ctx.clients.events(service, after, WAIT)
+        except ClientError as e:
+            if e.code in (404, 405):
+                log.info("watcher: the %s client has no event stream; the getter polls it", service.name)
+                return
+            log.debug("watcher: %s: %s", service.name, e.message)
+            failures += 1
+            await asyncio.sleep(min(MAX_DELAY, 2.0 ** (failures - 1)))
+            continue  # from the same point: the client answers what happened meanwhile, or restarts it
+        failures = 0
+        for event in events:
+            job = Job.get_or_none(Job.folder == event.get("job_key"), Job.service == service.name)
+            if job is not None and job.status in POLLED:
+                poll_soon(ctx, job.id)
+        after = last
