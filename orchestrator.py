@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orchestrator {args.mode}: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("peewee").setLevel(max(logging.INFO, logging.getLevelName(config.log_level)))  # no SQL
     try:
         asyncio.run(serve(config))
     except (OSError, ValueError) as e:  # port taken, database or data folder unusable

@@ -10,7 +10,7 @@ from handlers.base import BaseHandler, UploadHandler, parse_id
 from orch import payloads
 from orch.context import Context
 from orch.errors import BadRequest, Gone
-from orch.models import Payload, client_instance
+from orch.models import Payload
 from orch.states import Status
 from orch.wire import INSTANCE_HEADER, JOB_HEADER
 
@@ -28,7 +28,7 @@ class PayloadHandler(BaseHandler):
 
     def name_payload(self, payload: Payload) -> None:
         """Refuse a call meant for another job or client instance; name this payload in the answer."""
-        instance = client_instance()
+        instance = self.ctx.instance
         expected_instance = self.request.headers.get(INSTANCE_HEADER)
         if expected_instance and expected_instance != instance:
             raise Gone(f"this is another client instance ({instance}) than the one that took the job "
@@ -251,7 +251,7 @@ class Events(PayloadHandler):
             except asyncio.CancelledError:
                 return  # the server hung up (or this client is stopping): nobody to answer
             last, events = payloads.events_after(after_seq)
-        self.set_header(INSTANCE_HEADER, client_instance())
+        self.set_header(INSTANCE_HEADER, self.ctx.instance)
         self.write_json({"last": last, "events": events})
 
 

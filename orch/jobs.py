@@ -12,7 +12,7 @@ from pathlib import Path
 from orch import storage
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
-from orch.models import Job, create, transition
+from orch.models import Job, create, fetch, transition
 from orch.states import Status
 from orch.wire import GONE, Destination
 
@@ -41,7 +41,7 @@ def as_json(job: Job, message: str | None = None) -> dict:
 
 def get(job_id: int) -> Job:
     """The job with this id; NotFound otherwise."""
-    job = Job.get_or_none(Job.id == job_id)
+    job = fetch(Job, job_id)
     if job is None:
         raise NotFound(f"Job {job_id} not found in the database")
     return job

@@ -2,8 +2,9 @@
 
 Each run starts a small bash wrapper in a new session (so its own process group): the wrapper runs
 `bash run.sh` with stdout and stderr in the job's log, then records the script's exit status in a control
-file outside the job folder and exits with it. The client normally learns the status from the wrapper's
-own exit; the file is how a restarted client learns it for a script that ended while it was down.
+file outside the job folder (read only once the wrapper is gone, so it is whole) and exits with it. The
+client normally learns the status from the wrapper's own exit; the file is how a restarted client learns it
+for a script that ended while it was down.
 
 Every process of a run inherits ORCHESTRATOR_RUN=<tag>, so that even one that left the process group and the
 tree (a daemon that double-forks) is found and stopped with its run. The client is a child subreaper: runs'
@@ -25,8 +26,7 @@ from tornado.process import Subprocess
 # `trap : TERM` keeps the wrapper waiting while run.sh handles a SIGTERM (its grace period); a trapped
 # signal, unlike an ignored one, is reset in children, so run.sh still gets it.
 WRAPPER = (
-    'trap : TERM; bash run.sh >"$1" 2>&1 </dev/null; code=$?; '
-    'printf "%s" "$code" >"$2.tmp" && mv -f "$2.tmp" "$2"; exit "$code"'
+    'trap : TERM; bash run.sh >"$1" 2>&1 </dev/null; code=$?; printf "%s" "$code" >"$2"; exit "$code"'
 )
 POLL = 0.02  # seconds between two looks at a dying process tree
 REAP_TIMEOUT = 5.0  # how long SIGKILLed processes get to disappear
@@ -61,6 +61,12 @@ def become_subreaper() -> None:
 def reap_strays(wrappers: set[int]) -> int:
     """Reap the exited children that are not run wrappers (Tornado reaps those): orphans of runs that
     came to this subreaper. Returns how many."""
+    try:
+        exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return 0
+    if exited is None or exited.si_pid in wrappers:
+        return 0  # nothing exited, or a wrapper that Tornado is about to reap (then look again next round)
     reaped = 0
     for child in psutil.Process().children():
         try:
@@ -137,37 +143,83 @@ async def kill_tree(run: Run, grace: float) -> None:
 
 
 def kill_leftovers(run: Run) -> None:
-    """SIGKILL what is left of a finished run (background processes it did not wait for)."""
-    _signal(_members(run), signal.SIGKILL)
+    """SIGKILL what is left in a finished run's process group (background processes it did not wait for).
+    Cheap: a process that left the group is found by `sweep` instead."""
+    current = start_time(run.pid) if run.pid > 0 else None
+    if run.pid > 0 and (current is None or current == run.started_at):
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def sweep(instance: str, running: set[int]) -> int:
+    """SIGKILL every process tagged as part of a run of this client instance whose payload is not in
+    `running` (a daemon that left its finished run's group and tree); return how many."""
+    prefix = f"{TAG}={instance}.".encode()
+    doomed = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            variables = Path(entry.path, "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for variable in variables:
+            if variable.startswith(prefix) and variable[len(prefix):].isdigit():
+                if int(variable[len(prefix):]) not in running:
+                    doomed.append(int(entry.name))
+                break
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(doomed)
 
 
 def _members(run: Run) -> list[psutil.Process]:
     """The processes of a run: the wrapper and its tree, its process group, and those carrying its tag.
 
-    The group is looked at only while the pid is the wrapper's or free (with the group gone, a recycled pid
-    could lead someone else's group)."""
-    current = start_time(run.pid) if run.pid > 0 else None
-    own_group = run.pid > 0 and (current is None or current == run.started_at)
-    found: dict[int, psutil.Process] = {}
-    if own_group and current is not None:
+    One pass over /proc. The group is looked at only while the pid is the wrapper's or free (with the group
+    gone, a recycled pid could lead someone else's group); a process that started before the run cannot be
+    part of it, so only the environment of younger ones is read."""
+    table = {}  # pid -> (ppid, pgrp, start time)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and len(state := _stat(int(entry.name))) > 19:
+            table[int(entry.name)] = (int(state[1]), int(state[2]), float(state[19]))
+    root = table.get(run.pid)
+    own_group = run.pid > 0 and (root is None or root[2] == run.started_at)
+    found = set()
+    if own_group:
+        found = {pid for pid, (_, pgrp, _) in table.items() if pgrp == run.pid}
+        if root is not None:
+            children: dict[int, list[int]] = {}
+            for pid, (ppid, _, _) in table.items():
+                children.setdefault(ppid, []).append(pid)
+            tree, stack = {run.pid}, [run.pid]
+            while stack:
+                for child in children.get(stack.pop(), []):
+                    if child not in tree:
+                        tree.add(child)
+                        stack.append(child)
+            found |= tree
+    tag = f"{TAG}={run.tag}".encode()
+    for pid, (_, _, started) in table.items():
+        if pid in found or (run.started_at is not None and started < run.started_at):
+            continue
         try:
-            root = psutil.Process(run.pid)
-            found = {process.pid: process for process in (root, *root.children(recursive=True))}
+            if tag in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.add(pid)
+        except OSError:
+            pass
+    members = []
+    for pid in found:
+        try:
+            members.append(psutil.Process(pid))
         except psutil.Error:
             pass
-    tag = f"{TAG}={run.tag}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in found:
-            continue
-        state = _stat(int(entry.name))
-        in_group = own_group and len(state) > 2 and int(state[2]) == run.pid
-        try:
-            tagged = not in_group and tag in (entry / "environ").read_bytes().split(b"\0")
-            if in_group or tagged:
-                found[int(entry.name)] = psutil.Process(int(entry.name))
-        except (OSError, psutil.Error):
-            pass
-    return list(found.values())
+    return members
 
 
 def _signal(processes: list[psutil.Process], signum: int) -> None:

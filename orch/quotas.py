@@ -10,67 +10,66 @@ Every query is an index seek on (status, service, user_id, id), so a round costs
 length of the queue or of the history.
 """
 
-from peewee import fn
-
 from orch.config import ServiceConfig
-from orch.models import Cursor, Job
+from orch.models import server_db
 from orch.states import ACTIVE, Status
 
+# Plain SQL: this runs at every upload and every finished job, and building peewee queries would cost ten
+# times what SQLite takes to answer them.
 QUEUED = Status.QUEUED.value
+ACTIVE_PER_USER = (f'SELECT "user_id", COUNT(*) FROM "jobs" WHERE "service" = ? AND "status" IN '
+                   f'({", ".join("?" * len(ACTIVE))}) GROUP BY "user_id"')
+CURSOR = 'SELECT "user_id" FROM "cursors" WHERE "service" = ?'
+NEXT_USER = 'SELECT MIN("user_id") FROM "jobs" WHERE "status" = ? AND "service" = ? AND "user_id" > ?'
+FIRST_USER = 'SELECT MIN("user_id") FROM "jobs" WHERE "status" = ? AND "service" = ?'
+NEXT_JOB = ('SELECT "id" FROM "jobs" WHERE "status" = ? AND "service" = ? AND "user_id" = ? AND "id" > ? '
+            'ORDER BY "id" LIMIT 1')
+MOVE_CURSOR = 'INSERT OR REPLACE INTO "cursors" ("service", "user_id") VALUES (?, ?)'
 
 
 def next_jobs(service: ServiceConfig) -> list[tuple[int, int]]:
     """The (job id, user id) pairs that may start now, in the order they should be claimed."""
-    active = dict(
-        Job.select(Job.user_id, fn.COUNT(Job.id))
-        .where(Job.status.in_([status.value for status in ACTIVE]), Job.service == service.name)
-        .group_by(Job.user_id)
-        .tuples()
-    )
+    cursor = _value(CURSOR, service.name)
+    user = _next_user(service.name, cursor)
+    if user is None:
+        return []  # nothing queued
+    active = dict(server_db.execute_sql(ACTIVE_PER_USER, [service.name, *sorted(ACTIVE)]).fetchall())
     free = service.max_runs - sum(active.values())
-    cursor = Cursor.get_or_none(Cursor.service == service.name)
-    user = cursor.user_id if cursor else None
     picked: list[tuple[int, int]] = []
     last_picked: dict[int, int] = {}
     passed_without_pick: set[int] = set()
     while free > 0:
-        user = _next_user(service.name, user)
-        if user is None or user in passed_without_pick:
-            break  # no queued jobs, or a whole turn gave nothing
+        if user in passed_without_pick:
+            break  # a whole turn gave nothing
         job_id = None
         if active.get(user, 0) < service.runs_per_user:
-            job_id = _next_job(service.name, user, last_picked.get(user, 0))
+            job_id = _value(NEXT_JOB, QUEUED, service.name, user, last_picked.get(user, 0))
         if job_id is None:
             passed_without_pick.add(user)
-            continue
-        picked.append((job_id, user))
-        last_picked[user] = job_id
-        active[user] = active.get(user, 0) + 1
-        free -= 1
-        passed_without_pick.clear()
+        else:
+            picked.append((job_id, user))
+            last_picked[user] = job_id
+            active[user] = active.get(user, 0) + 1
+            free -= 1
+            passed_without_pick.clear()
+        user = _next_user(service.name, user)
     return picked
 
 
 def _next_user(service: str, after: int | None) -> int | None:
-    """The first user after `after` (wrapping around) with a queued job in `service`."""
-    queued = (Job.status == QUEUED) & (Job.service == service)
+    """The first user after `after` (wrapping around) with a queued job in `service`; None if none has."""
     if after is not None:
-        user = Job.select(fn.MIN(Job.user_id)).where(queued & (Job.user_id > after)).scalar()
+        user = _value(NEXT_USER, QUEUED, service, after)
         if user is not None:
             return user
-    return Job.select(fn.MIN(Job.user_id)).where(queued).scalar()
+    return _value(FIRST_USER, QUEUED, service)
 
 
-def _next_job(service: str, user: int, after_id: int) -> int | None:
-    return (
-        Job.select(Job.id)
-        .where(Job.status == QUEUED, Job.service == service, Job.user_id == user, Job.id > after_id)
-        .order_by(Job.id)
-        .limit(1)
-        .scalar()
-    )
+def _value(sql: str, *params) -> int | None:
+    row = server_db.execute_sql(sql, params).fetchone()
+    return row[0] if row else None
 
 
 def move_cursor(service: str, user: int) -> None:
     """Remember `user` as the one served last in `service`."""
-    Cursor.insert(service=service, user_id=user).on_conflict_replace().execute()
+    server_db.execute_sql(MOVE_CURSOR, (service, user))

@@ -7,7 +7,7 @@ import logging
 
 from tornado.ioloop import IOLoop
 
-from orch import jobs, payloads, storage
+from orch import jobs, payloads, processes, storage
 from orch.context import Context
 from orch.models import Job, Payload, transition
 from orch.states import FINISHED, Status
@@ -35,7 +35,10 @@ async def clean_jobs(ctx: Context, now: float) -> int:
 
 async def clean_payloads(ctx: Context, now: float) -> int:
     """Client: Cleaned, with their folder and control files removed, for payloads finished at or before
-    `now - MAX_AGE`."""
+    `now - MAX_AGE`. Also stops what finished runs left behind outside their process group."""
+    running = {payload_id for (payload_id,) in
+               Payload.select(Payload.id).where(Payload.status == Status.RUNNING.value).tuples()}
+    processes.sweep(ctx.instance, running)
     expired = (Payload.select(Payload.id, Payload.status)
                .where(Payload.status.in_([s.value for s in FINISHED]), Payload.finished_at <= now - ctx.config.max_age)
                .limit(BATCH))

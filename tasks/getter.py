@@ -5,13 +5,14 @@ import logging
 from orch import jobs
 from orch.context import Context
 from orch.errors import ClientError
-from orch.models import Job, transition
+from orch.models import Job, fetch, server_db, transition
 from orch.states import FINISHED, Status
 from orch.wire import GONE
 
 log = logging.getLogger(__name__)
 
 POLLED = (Status.SUBMITTED, Status.RUNNING)
+DISPATCHED = 'SELECT "id", "service" FROM "jobs" WHERE "status" IN (?, ?)'  # plain SQL: it runs every round
 # What the client's statuses mean for the server's job; Prepared and Completed-as-JSON change nothing.
 MIRRORED = {
     Status.RUNNING: Status.RUNNING,
@@ -27,8 +28,7 @@ async def poll_dispatched(ctx: Context, now: float) -> int:
     """Start a poll of every Submitted or Running job not being polled already and whose client is not in
     backoff; return how many started."""
     started = 0
-    dispatched = Job.select(Job.id, Job.service).where(Job.status.in_([s.value for s in POLLED]))
-    for job_id, service in dispatched.tuples():
+    for job_id, service in server_db.execute_sql(DISPATCHED, [s.value for s in POLLED]).fetchall():
         if ("poll", job_id) not in ctx.inflight and ctx.backoff.ready(service, now):
             ctx.inflight.start(("poll", job_id), lambda job_id=job_id: poll(ctx, job_id, now))
             started += 1
@@ -58,7 +58,7 @@ async def poll_once(ctx: Context, job_id: int, now: float) -> None:
     until it has failed for CLIENT_LOST_AFTER: then the job ends Unknown. A client that no longer has the
     payload, or is not the instance that took it, ends the job Unknown at once: it never gets another job's
     results."""
-    job = Job.get_by_id(job_id)
+    job = fetch(Job, job_id)
     status = Status(job.status)
     if status not in POLLED:
         return  # it ended meanwhile

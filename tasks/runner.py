@@ -8,20 +8,24 @@ from tornado.process import Subprocess
 
 from orch import payloads, policy, processes
 from orch.context import Context
-from orch.models import Payload
+from orch.models import Payload, client_db, fetch, set_values
 from orch.states import Status
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
+# Plain SQL: these run at every round (see orch.models on the cost of building peewee queries).
+PREPARED = 'SELECT "id" FROM "payloads" WHERE "status" = ? ORDER BY "id" LIMIT ?'
+RUNNING = 'SELECT "id", "pid" FROM "payloads" WHERE "status" = ?'
 
 
 async def start_prepared(ctx: Context, now: float) -> int:
     """Start the Prepared payloads (oldest first) and watch every Running one that nobody watches yet (those
     a previous client process started); return how many were started."""
     started = 0
-    prepared = Payload.select().where(Payload.status == Status.PREPARED.value).order_by(Payload.id).limit(BATCH)
-    for payload in list(prepared):
+    prepared = [fetch(Payload, payload_id) for (payload_id,) in
+                client_db.execute_sql(PREPARED, (Status.PREPARED.value, BATCH)).fetchall()]
+    for payload in prepared:
         try:
             refusal = await refusal_of(ctx, payload)
             if refusal:
@@ -33,8 +37,7 @@ async def start_prepared(ctx: Context, now: float) -> int:
             for status in (Status.PREPARED, Status.RUNNING):
                 payloads.move(ctx, payload.id, status, Status.FAILED, ctx.clock(), "internal error at start")
     wrappers = set()
-    running = Payload.select(Payload.id, Payload.pid).where(Payload.status == Status.RUNNING.value)
-    for payload_id, pid in running.tuples():
+    for payload_id, pid in client_db.execute_sql(RUNNING, (Status.RUNNING.value,)).fetchall():
         ctx.inflight.start(("run", payload_id), lambda payload_id=payload_id: adopt(ctx, payload_id))
         wrappers.add(pid)
     processes.reap_strays(wrappers)
@@ -65,8 +68,7 @@ def start(ctx: Context, payload: Payload, now: float) -> bool:
     except OSError as e:
         payloads.move(ctx, payload.id, Status.RUNNING, Status.FAILED, now, f"could not start {payloads.SCRIPT}: {e}")
         return False
-    Payload.update(pid=process.pid, started_at=processes.start_time(process.pid)).where(
-        Payload.id == payload.id).execute()
+    set_values(Payload, payload.id, pid=process.pid, started_at=processes.start_time(process.pid))
     ctx.inflight.start(("run", payload.id), lambda: watch(ctx, payload.id, process))
     return True
 
@@ -74,7 +76,7 @@ def start(ctx: Context, payload: Payload, now: float) -> bool:
 async def watch(ctx: Context, payload_id: int, process: Subprocess) -> None:
     """Wait for a run this process started, stopping it at its deadline, then record its end."""
     exited = process.wait_for_exit(raise_error=False)
-    payload = Payload.get_by_id(payload_id)
+    payload = fetch(Payload, payload_id)
     if payload.deadline is None:
         code = await exited
     else:
@@ -92,7 +94,7 @@ async def adopt(ctx: Context, payload_id: int) -> None:
 
     A run whose pid was not recorded is looked for; if there is none and no exit status either, run.sh
     never started: the payload goes back to Prepared and starts now."""
-    payload = Payload.get_by_id(payload_id)
+    payload = fetch(Payload, payload_id)
     exit_file = payloads.exit_file(ctx, payload_id)
     pid, started_at = payload.pid, payload.started_at
     if not processes.alive(pid, started_at) and not exit_file.exists():
@@ -104,10 +106,10 @@ async def adopt(ctx: Context, payload_id: int) -> None:
             return
         if found is not None:
             pid, started_at = found
-            Payload.update(pid=pid, started_at=started_at).where(Payload.id == payload_id).execute()
+            set_values(Payload, payload_id, pid=pid, started_at=started_at)
     while processes.alive(pid, started_at):
         if payload.deadline is not None and ctx.clock() >= payload.deadline:
-            await processes.kill_tree(payloads.run_of(ctx, Payload.get_by_id(payload_id)), ctx.config.kill_grace)
+            await processes.kill_tree(payloads.run_of(ctx, fetch(Payload, payload_id)), ctx.config.kill_grace)
         await asyncio.sleep(ctx.config.runner_interval)
     finish(ctx, payload_id, processes.read_exit_code(exit_file))
 
@@ -115,7 +117,7 @@ async def adopt(ctx: Context, payload_id: int) -> None:
 def finish(ctx: Context, payload_id: int, code: int | None) -> None:
     """Record how a run ended: Killed if asked to, Completed on exit status 0, Failed otherwise (with
     "timeout" in the message when it was stopped at its deadline)."""
-    payload = Payload.get_by_id(payload_id)
+    payload = fetch(Payload, payload_id)
     processes.kill_leftovers(payloads.run_of(ctx, payload))  # whatever it left running in the background
     if payload.killed:
         status, message = Status.KILLED, "killed on request"

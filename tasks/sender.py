@@ -5,7 +5,7 @@ import logging
 from orch import jobs
 from orch.context import Context
 from orch.errors import ClientError
-from orch.models import Job, server_db, transition
+from orch.models import Job, fetch, server_db, transition
 from orch.quotas import move_cursor, next_jobs
 from orch.states import Status
 
@@ -42,7 +42,7 @@ async def send(ctx: Context, job_id: int, now: float) -> None:
 
     The job's key goes with it, so a send repeated after a crash or a lost answer finds the payload that
     the first one made instead of running the job twice."""
-    job = Job.get_by_id(job_id)
+    job = fetch(Job, job_id)
     service = ctx.config.services[job.service]
     try:
         files = sorted(path for path in (jobs.folder(ctx, job) / jobs.INPUT).iterdir() if path.is_file())

@@ -7,13 +7,14 @@ import logging
 from orch.config import ServiceConfig
 from orch.context import Context
 from orch.errors import ClientError
-from orch.models import Job
+from orch.models import server_db
 from tasks.getter import POLLED, poll_soon
 
 log = logging.getLogger(__name__)
 
 WAIT = 25.0  # seconds a long-poll may wait for a change
 MAX_DELAY = 60.0
+BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ? AND "service" = ?'  # plain SQL: once per event
 
 
 async def follow_events(ctx: Context, service: ServiceConfig) -> None:
@@ -35,7 +36,7 @@ async def follow_events(ctx: Context, service: ServiceConfig) -> None:
             continue  # from the same point: the client answers what happened meanwhile, or restarts it
         failures = 0
         for event in events:
-            job = Job.get_or_none(Job.folder == event.get("job_key"), Job.service == service.name)
-            if job is not None and job.status in POLLED:
-                poll_soon(ctx, job.id)
+            job = server_db.execute_sql(BY_KEY, (event.get("job_key"), service.name)).fetchone()
+            if job is not None and job[1] in POLLED:
+                poll_soon(ctx, job[0])
         after = last

@@ -335,16 +335,30 @@ async def test_kill_leftovers_kills_what_a_finished_run_left_in_the_background(r
     await wait_for(lambda: gone(background))
 
 
-async def test_a_daemon_that_left_the_group_and_the_tree_is_found_by_its_tag(runs):
-    """`setsid -f` double-forks: the daemon is in neither the run's group nor its tree, but it carries the tag."""
-    process, folder = runs.spawn("setsid -f sleep 1000\nexit 0\n")
-    run = runs.run(process, folder)
+async def test_a_daemon_that_left_the_group_and_the_tree_is_swept_by_its_tag_once_its_run_ended(runs):
+    """`setsid -f` double-forks: the daemon is in neither the run's group nor its tree, but it carries the tag
+    `<instance>.<payload id>`: the sweep spares it while its payload runs and kills it after."""
+    process, folder = runs.spawn("setsid -f sleep 1000\nexit 0\n", name="instance.7")
     assert await process.wait_for_exit(raise_error=False) == 0
-    daemon = await wait_for(lambda: _tagged("job"))
+    daemon = await wait_for(lambda: _tagged("instance.7"))
     runs.track(daemon)
     assert os.getpgid(daemon) != process.pid
-    processes.kill_leftovers(run)
+    processes.kill_leftovers(runs.run(process, folder))
+    assert processes.sweep("instance", running={7}) == 0
+    assert processes.sweep("other", running=set()) == 0
+    assert not gone(daemon)
+    assert processes.sweep("instance", running=set()) == 1
     await wait_for(lambda: gone(daemon))
+
+
+async def test_kill_tree_finds_a_daemon_of_a_running_run_by_its_tag(runs):
+    process, folder = runs.spawn("setsid -f sleep 1000\n" + WAIT_FOR_GATE)
+    run = runs.run(process, folder)
+    daemon = await wait_for(lambda: _tagged("job"))
+    runs.track(daemon)
+    await processes.kill_tree(run, grace=1)
+    assert gone(daemon)
+    await process.wait_for_exit(raise_error=False)
 
 
 def test_kill_leftovers_spares_a_group_whose_leader_is_another_process_now():

@@ -5,6 +5,7 @@ unfinished job takes a slot (§16.8), and the round-robin turn carries over from
 """
 
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterator
 
@@ -38,7 +39,7 @@ def service(name: str = "example", runs_per_user: int = 5, max_runs: int = 10) -
 def queue(user_id: int, count: int = 1, service_name: str = "example") -> list[int]:
     """Queue `count` jobs of `user_id`; their ids, oldest first."""
     with server_db.atomic():
-        return [create(Job, S.QUEUED, NOW, user_id=user_id, service=service_name, folder=f"u{user_id}").id
+        return [create(Job, S.QUEUED, NOW, user_id=user_id, service=service_name, folder=uuid.uuid4().hex).id
                 for _ in range(count)]
 
 

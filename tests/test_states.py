@@ -5,6 +5,7 @@ would refuse, so even a change made behind its back cannot break the machine.
 """
 
 import sqlite3
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,9 @@ from orch.states import (
 
 S = Status
 NOW = 1_700_000_000.0
-JOB = {"user_id": 1, "service": "example", "folder": "f" * 32}
+def job_fields() -> dict:
+    """The fields of a new job (each job has its own folder)."""
+    return {"user_id": 1, "service": "example", "folder": uuid.uuid4().hex}
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def path_to(target: Status, transitions: list[tuple[Status, Status]], start: Sta
 
 def job_in(status: Status, now: float = NOW) -> int:
     """A job created Queued and moved to `status` through transition(), one second per step."""
-    job = create(Job, S.QUEUED, now, reason="uploaded", **JOB)
+    job = create(Job, S.QUEUED, now, reason="uploaded", **job_fields())
     route = path_to(status, JOB_TRANSITIONS, S.QUEUED)
     for step, (src, dst) in enumerate(zip(route, route[1:], strict=False), start=1):
         assert transition(Job, job.id, src, dst, now + step)
@@ -151,15 +154,16 @@ def test_statuses_are_stored_with_the_originals_json_names():
 
 
 def test_create_writes_the_row_and_a_first_history_row(server):
-    job = create(Job, S.QUEUED, NOW, reason="uploaded", **JOB)
+    fields = job_fields()
+    job = create(Job, S.QUEUED, NOW, reason="uploaded", **fields)
     stored = Job.get_by_id(job.id)
     assert (stored.status, stored.created_at, stored.updated_at, stored.finished_at) == ("Queued", NOW, NOW, None)
-    assert (stored.user_id, stored.service, stored.folder) == (1, "example", "f" * 32)
+    assert (stored.user_id, stored.service, stored.folder) == (1, "example", fields["folder"])
     assert events(job.id) == [(None, "Queued", NOW, "uploaded")]
 
 
 def test_transition_moves_the_row_and_records_an_event(server):
-    job = create(Job, S.QUEUED, NOW, **JOB)
+    job = create(Job, S.QUEUED, NOW, **job_fields())
     assert transition(Job, job.id, S.QUEUED, S.PROCESSING, NOW + 1) is True
     assert transition(Job, job.id, S.PROCESSING, S.SUBMITTED, NOW + 2, "sent", dest_id=42) is True
     stored = Job.get_by_id(job.id)
@@ -194,7 +198,7 @@ def test_cleaning_a_job_keeps_when_it_finished(server):
 
 def test_transition_from_a_status_the_row_is_no_longer_in_changes_nothing(server):
     """Someone else moved the job first: the loser gets False, and neither the row nor its history changes."""
-    job = create(Job, S.QUEUED, NOW, **JOB)
+    job = create(Job, S.QUEUED, NOW, **job_fields())
     assert transition(Job, job.id, S.QUEUED, S.PROCESSING, NOW + 1, "claimed")  # the sender wins
     before = Job.get_by_id(job.id).__data__
     history = events(job.id)
@@ -215,7 +219,7 @@ def test_transition_of_a_missing_row_returns_false_and_records_nothing(server):
     + [(S.CLEANED, dst) for dst in Status],
 )
 def test_an_illegal_transition_raises_before_touching_the_database(server, src, dst):
-    job = create(Job, src, NOW, **JOB) if src in JOB_STATUSES else None
+    job = create(Job, src, NOW, **job_fields()) if src in JOB_STATUSES else None
     server_db.close()
     with pytest.raises(InvalidTransition, match=f"{src} -> {dst}"):
         transition(Job, job.id if job else 1, src, dst, NOW + 1)
@@ -230,7 +234,7 @@ def test_every_pair_outside_the_table_is_refused_and_every_pair_inside_is_accept
     for src in Status:
         for dst in Status:
             if (src, dst) in allowed:
-                job = create(Job, src, NOW, **JOB)
+                job = create(Job, src, NOW, **job_fields())
                 assert transition(Job, job.id, src, dst, NOW + 1), (src, dst)
                 assert Job.get_by_id(job.id).status == dst.value
             else:
@@ -248,7 +252,7 @@ def test_an_invalid_transition_is_a_409_conflict():
 @pytest.mark.parametrize(("src", "dst"), [(S.COMPLETED, S.RUNNING), (S.CLEANED, S.QUEUED), (S.QUEUED, S.RUNNING),
                                           (S.KILLED, S.COMPLETED), (S.LOCKED, S.QUEUED)])
 def test_the_database_refuses_an_illegal_change_made_behind_transitions_back(server, src, dst):
-    job = create(Job, src, NOW, **JOB)
+    job = create(Job, src, NOW, **job_fields())
     with pytest.raises(IntegrityError, match="illegal status transition"):
         Job.update(status=dst.value).where(Job.id == job.id).execute()
     assert Job.get_by_id(job.id).status == src.value
@@ -256,7 +260,7 @@ def test_the_database_refuses_an_illegal_change_made_behind_transitions_back(ser
 
 def test_another_connection_to_the_file_cannot_bypass_the_guard(tmp_path, server):
     """The trigger and the CHECK live in the file (not in one connection): a second process is refused too."""
-    job = create(Job, S.COMPLETED, NOW, **JOB)
+    job = create(Job, S.COMPLETED, NOW, **job_fields())
     other = sqlite3.connect(tmp_path / "s.sqlite")
     try:
         with pytest.raises(sqlite3.IntegrityError, match="illegal status transition"):
@@ -273,13 +277,13 @@ def test_another_connection_to_the_file_cannot_bypass_the_guard(tmp_path, server
 
 @pytest.mark.parametrize(("src", "dst"), [(S.QUEUED, S.PROCESSING), (S.RUNNING, S.LOCKED), (S.COMPLETED, S.CLEANED)])
 def test_the_database_lets_an_allowed_change_through(server, src, dst):
-    job = create(Job, src, NOW, **JOB)
+    job = create(Job, src, NOW, **job_fields())
     assert Job.update(status=dst.value).where(Job.id == job.id).execute() == 1
     assert Job.get_by_id(job.id).status == dst.value
 
 
 def test_the_database_lets_other_columns_of_a_finished_job_change(server):
-    job = create(Job, S.COMPLETED, NOW, **JOB)
+    job = create(Job, S.COMPLETED, NOW, **job_fields())
     assert Job.update(status=S.COMPLETED.value, message="kept").where(Job.id == job.id).execute() == 1
     assert Job.get_by_id(job.id).message == "kept"
 
@@ -299,7 +303,7 @@ def test_the_database_refuses_an_illegal_payload_change(client):
 @pytest.mark.parametrize("status", ["Bogus", "queued", "", "Pending", "Prepared"])
 def test_the_check_constraint_refuses_a_status_jobs_do_not_have(server, status):
     with pytest.raises(IntegrityError):
-        Job.insert(status=status, created_at=NOW, updated_at=NOW, **JOB).execute()
+        Job.insert(status=status, created_at=NOW, updated_at=NOW, **job_fields()).execute()
     assert Job.select().count() == 0
 
 
@@ -319,14 +323,14 @@ def test_a_tampered_transition_table_is_restored_on_reopening(tmp_path, server):
     path = tmp_path / "s.sqlite"
     JobTransition.insert(src="Completed", dst="Running").execute()
     JobTransition.delete().where(JobTransition.src == "Queued", JobTransition.dst == "Processing").execute()
-    job = create(Job, S.COMPLETED, NOW, **JOB)
+    job = create(Job, S.COMPLETED, NOW, **job_fields())
     assert Job.update(status="Running").where(Job.id == job.id).execute() == 1  # the tampering works until...
     server_db.close()
     open_server_db(path)  # ...the next start
     assert pairs(JobTransition) == as_values(JOB_TRANSITIONS)
     with pytest.raises(IntegrityError):
         Job.update(status="Queued").where(Job.id == job.id).execute()
-    queued = create(Job, S.QUEUED, NOW, **JOB)
+    queued = create(Job, S.QUEUED, NOW, **job_fields())
     assert Job.update(status="Processing").where(Job.id == queued.id).execute() == 1
 
 
@@ -334,7 +338,7 @@ def test_a_dropped_guard_trigger_is_recreated_on_reopening(tmp_path, server):
     server_db.execute_sql("DROP TRIGGER jobs_status_guard")
     server_db.close()
     open_server_db(tmp_path / "s.sqlite")
-    job = create(Job, S.COMPLETED, NOW, **JOB)
+    job = create(Job, S.COMPLETED, NOW, **job_fields())
     with pytest.raises(IntegrityError):
         Job.update(status="Running").where(Job.id == job.id).execute()
 
