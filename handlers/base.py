@@ -38,6 +38,10 @@ class BaseHandler(RequestHandler):
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 raise Unauthorized("missing or wrong token: calls to a client need ORCH_TOKEN")
 
+    def compute_etag(self) -> None:
+        """No ETags: answers are statuses that change, and zips are sent once; hashing each costs time."""
+        return None
+
     def write_json(self, body: object, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -71,8 +75,8 @@ class BaseHandler(RequestHandler):
 
 @stream_request_body
 class UploadHandler(BaseHandler):
-    """Receives a multipart body as it arrives into a new scratch folder (`self.staging`); a subclass's
-    `post()` turns the folder into a job or payload and clears `self.staging`. A body that is malformed or
+    """Receives a multipart body as it arrives into a new folder (`self.staging`) under `staging_parent`; a
+    subclass's `post()` turns the folder into a job or payload and clears `self.staging`. A body that is malformed or
     over MAX_UPLOAD_SIZE is answered at once with a 4xx, and whatever it had written is removed."""
 
     staging: Path | None = None  # also before prepare(): an unknown method is refused before it runs
@@ -89,11 +93,15 @@ class UploadHandler(BaseHandler):
             raise PayloadTooLarge(f"the upload is larger than the limit of {self.limit} bytes")
         # Leave the limit to data_received (a clear 413 for chunked bodies too), not to Tornado's bare 400.
         self.request.connection.set_max_body_size(self.limit + STREAM_CHUNK)
-        staging = self.ctx.tmp_path / new_name()
+        staging = self.staging_parent() / new_name()
         self.receiver = MultipartReceiver(self.request.headers.get("Content-Type", ""), staging)
         staging.mkdir(parents=True)
         self.staging = staging
         self.received = 0
+
+    def staging_parent(self) -> Path:
+        """Where the folder of a body being received is made (scratch space unless a subclass says)."""
+        return self.ctx.tmp_path
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:

@@ -1,5 +1,7 @@
 """The server's API for portals: upload, download, partial download, terminate."""
 
+from pathlib import Path
+
 from tornado.web import url
 
 from handlers.base import BaseHandler, UploadHandler, parse_id
@@ -12,6 +14,9 @@ ZIP = "application/zip"
 
 
 class Upload(UploadHandler):
+    def staging_parent(self) -> Path:
+        return self.ctx.data_path  # the folder becomes the job's own: nothing to move once it is accepted
+
     async def post(self) -> None:
         """Submit a job.
 
@@ -79,7 +84,7 @@ class Download(BaseHandler):
             self.write_json(jobs.as_json(job))
             return
         try:
-            await self.stream_file(jobs.folder(self.ctx, job) / jobs.RESULT, ZIP, f"job-{job.id}.zip")
+            await self.stream_file(jobs.result_file(self.ctx, job), ZIP, f"job-{job.id}.zip")
         except FileNotFoundError:
             raise OrchError("Error reading output file", job.id, job.status) from None
 

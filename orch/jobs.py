@@ -1,6 +1,7 @@
 """Server-side operations on jobs: create, look up, terminate, fetch a partial result, recover after a restart.
 
-A job's files live in `DATA_PATH/<folder>/`: the uploaded files in `input/`, the result in `result.zip`.
+A job's uploaded files live in `DATA_PATH/<folder>/` (the folder's name is the job's key), its result in
+`DATA_PATH/<folder>.zip`, outside the folder so that no uploaded file can stand for it.
 """
 
 import asyncio
@@ -18,8 +19,6 @@ from orch.wire import GONE, Destination
 
 log = logging.getLogger(__name__)
 
-INPUT = "input"
-RESULT = "result.zip"
 INT32 = range(-(2**31), 2**31)
 FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
 TERMINATE_ATTEMPTS = 5
@@ -27,6 +26,10 @@ TERMINATE_ATTEMPTS = 5
 
 def folder(ctx: Context, job: Job) -> Path:
     return ctx.data_path / job.folder
+
+
+def result_file(ctx: Context, job: Job) -> Path:
+    return ctx.data_path / f"{job.folder}.zip"
 
 
 def destination(job: Job) -> Destination:
@@ -47,12 +50,9 @@ def get(job_id: int) -> Job:
     return job
 
 
-def create_job(ctx: Context, fields: dict[str, str], staging: Path) -> Job:
-    """Queue a job for the files received in `staging`, after checking the upload's fields; the files
-    become the job folder's `input/`.
-
-    Raises BadRequest with the original's messages when a field is missing or wrong (nothing moved).
-    """
+def create_job(ctx: Context, fields: dict[str, str], job_folder: Path) -> Job:
+    """Queue a job for the files received in `job_folder` (under DATA_PATH), after checking the upload's
+    fields. Raises BadRequest with the original's messages when a field is missing or wrong."""
     raw_user = fields.get("user_id")
     if raw_user is None:
         raise BadRequest("Missing user_id field")
@@ -63,15 +63,8 @@ def create_job(ctx: Context, fields: dict[str, str], staging: Path) -> Job:
         raise BadRequest("Missing service field")
     if service not in ctx.config.services:
         raise BadRequest("Invalid service")
-    job_folder = ctx.data_path / staging.name
-    job_folder.mkdir()
-    staging.rename(job_folder / INPUT)
-    try:
-        job = create(Job, Status.QUEUED, ctx.clock(), reason="uploaded", user_id=int(raw_user),
-                     service=service, folder=job_folder.name)
-    except Exception:
-        storage.remove(job_folder)
-        raise
+    job = create(Job, Status.QUEUED, ctx.clock(), reason="uploaded", user_id=int(raw_user), service=service,
+                 folder=job_folder.name)
     ctx.wake("sender")
     return job
 
@@ -161,7 +154,7 @@ def recover(ctx: Context) -> None:
 
     Jobs caught half-way through a send go back to the queue; a terminate that was cut short leaves its job
     dispatched (the getter resumes it); queued jobs of a service no longer configured fail with that reason;
-    folders that belong to no job (an upload cut short) are removed.
+    folders and results that belong to no job (an upload cut short) are removed.
     """
     now = ctx.clock()
     for job in Job.select(Job.id).where(Job.status == Status.PROCESSING.value):
@@ -175,8 +168,9 @@ def recover(ctx: Context) -> None:
                    f"service {job.service!r} is not configured on this server")
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     ctx.data_path.mkdir(parents=True, exist_ok=True)
-    kept = {name for (name,) in Job.select(Job.folder).where(Job.status != Status.CLEANED.value).tuples()}
     for entry in ctx.data_path.iterdir():
-        if FOLDER_NAME.fullmatch(entry.name) and entry.name not in kept:
+        name = entry.name.removesuffix(".zip")
+        if FOLDER_NAME.fullmatch(name) and not Job.select().where(
+                Job.folder == name, Job.status != Status.CLEANED.value).exists():
             log.info("removing %s: it belongs to no job", entry)
             storage.remove(entry)

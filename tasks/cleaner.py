@@ -27,6 +27,7 @@ async def clean_jobs(ctx: Context, now: float) -> int:
         try:
             if transition(Job, job.id, Status(job.status), Status.CLEANED, now):
                 await IOLoop.current().run_in_executor(None, storage.remove, jobs.folder(ctx, job))
+                jobs.result_file(ctx, job).unlink(missing_ok=True)
                 cleaned += 1
         except Exception:
             log.exception("cleaner: job %s failed", job.id)

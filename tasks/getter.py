@@ -67,7 +67,7 @@ async def poll_once(ctx: Context, job_id: int, now: float) -> None:
         _finish(ctx, job, status, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
         return
     try:
-        answer = await ctx.clients.retrieve(service, jobs.destination(job), jobs.folder(ctx, job) / jobs.RESULT)
+        answer = await ctx.clients.retrieve(service, jobs.destination(job), jobs.result_file(ctx, job))
     except ClientError as e:
         if e.code == 404:
             _finish(ctx, job, status, Status.UNKNOWN, f"the client no longer knows this job (payload {job.dest_id})")

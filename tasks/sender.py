@@ -45,7 +45,7 @@ async def send(ctx: Context, job_id: int, now: float) -> None:
     job = fetch(Job, job_id)
     service = ctx.config.services[job.service]
     try:
-        files = sorted(path for path in (jobs.folder(ctx, job) / jobs.INPUT).iterdir() if path.is_file())
+        files = sorted(path for path in jobs.folder(ctx, job).iterdir() if path.is_file())
         dest = await ctx.clients.submit(service, files, job.folder)
     except ClientError as e:
         if e.transient:

@@ -65,7 +65,7 @@ async def test_a_completed_job_has_its_zip_saved_in_the_job_folder_and_is_comple
     assert await poll(server) == 1
     job = Job.get_by_id(job_id)
     assert (job.status, job.message) == ("Completed", "")
-    result = jobs.folder(server.ctx, job) / "result.zip"
+    result = jobs.result_file(server.ctx, job)
     archive = zipfile.ZipFile(result)
     assert archive.read("out.txt") == b"hello\n"
     assert {"run.sh", "run.log"} <= set(archive.namelist())
@@ -85,7 +85,7 @@ async def test_a_job_that_failed_or_was_invalid_on_its_client_gets_that_status_a
     job, payload = Job.get_by_id(job_id), Payload.get_by_id(payload_id)
     assert payload.message
     assert (job.status, job.message) == (status, payload.message)
-    assert not (jobs.folder(server.ctx, job) / "result.zip").exists()
+    assert not jobs.result_file(server.ctx, job).exists()
     code, answer = await server.json(f"/download/{job_id}")
     assert (code, answer) == (200, {"id": job_id, "status": status, "message": payload.message})
 

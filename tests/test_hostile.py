@@ -94,7 +94,12 @@ def request_head(path: str, *headers: str, method: str = "POST") -> bytes:
 
 
 def staged(node) -> list[Path]:
-    """What is in the node's scratch folder (uploads being received); it exists once a first upload came."""
+    """The folders of uploads being received: on a server, job folders that no job names yet; on a client,
+    what is in its scratch folder."""
+    if node.config.mode == "server":
+        known = {job.folder for job in Job.select(Job.folder)}
+        return [path for path in node.config.data_path.iterdir()
+                if path.is_dir() and not path.name.startswith(".") and path.name not in known]
     return list(node.config.tmp_path.iterdir()) if node.config.tmp_path.exists() else []
 
 
@@ -122,11 +127,11 @@ def assert_client_left_nothing(client) -> None:
 
 
 def job_inputs(server, job_id: int) -> list[str]:
-    """The names of the files under the job's input/; every file under DATA_PATH must be one of them."""
+    """The names of the files in the job's folder; every file under DATA_PATH must be one of them."""
     folder = Job.get_by_id(job_id).folder
     files = data_files(server.config.data_path)
-    assert all(name.startswith(f"{folder}/input/") for name in files), files
-    return [name.split("/", 2)[2] for name in files]
+    assert all(name.startswith(f"{folder}/") for name in files), files
+    return [name.split("/", 1)[1] for name in files]
 
 
 def payload_files(client, payload_id: int) -> list[str]:
@@ -254,7 +259,7 @@ async def test_unicode_file_names_are_kept_on_the_server_and_on_the_client(serve
     (b"\t\r\n", None),
 ], ids=["tab", "nul", "escape-and-del", "cr", "lf", "crlf", "nul-in-traversal", "only-controls"])
 async def test_control_characters_in_file_names_are_removed_or_the_upload_is_refused(server, tmp_path, raw, saved):
-    """Control characters never reach a file name: removed (the file lands in the job's input/) or, when they
+    """Control characters never reach a file name: removed (the file lands in the job's folder) or, when they
     break the part's header, the upload is a 400 that leaves nothing."""
     code, answer = await post(server, "/upload", body(file_part(raw, b"data"), file_part(b"run.sh", RUN_SH)))
     if saved is None:
@@ -264,7 +269,7 @@ async def test_control_characters_in_file_names_are_removed_or_the_upload_is_ref
     else:
         assert code == 201, answer
         assert sorted(job_inputs(server, answer["id"])) == sorted([saved, "run.sh"])
-        folder = server.config.data_path / Job.get_by_id(answer["id"]).folder / "input"
+        folder = server.config.data_path / Job.get_by_id(answer["id"]).folder
         assert (folder / saved).read_bytes() == b"data"
     outside = [path for path in tmp_path.rglob("*") if path.name in ("passwd", "etc") or "b.txt" in path.name]
     assert all(server.config.data_path in path.parents for path in outside), outside
@@ -318,7 +323,7 @@ async def test_a_body_shorter_than_its_content_length_then_a_close_leaves_nothin
     writer.write(request_head("/upload", f"Content-Type: {content_type()}", f"Content-Length: {len(payload) + 5000}")
                  + payload)
     await writer.drain()
-    await wait_for(lambda: len(data_files(server.config.tmp_path)) == 2)  # both files written while the rest is awaited
+    await wait_for(lambda: sum(len(data_files(folder)) for folder in staged(server)) == 2)  # written, rest awaited
     writer.close()
     await writer.wait_closed()
     await wait_for(lambda: not staged(server))
@@ -431,7 +436,7 @@ async def test_a_part_with_a_filename_but_no_name_is_a_file(server):
     assert code == 201, answer
     assert job_inputs(server, answer["id"]) == ["run.sh"]
     folder = server.config.data_path / Job.get_by_id(answer["id"]).folder
-    assert (folder / "input" / "run.sh").read_bytes() == RUN_SH
+    assert (folder / "run.sh").read_bytes() == RUN_SH
 
 
 @pytest.mark.parametrize(("values", "user_id"), [
@@ -456,7 +461,7 @@ async def test_empty_file_parts_are_saved_as_empty_files_and_sent_to_the_client(
     code, answer = await post(server, "/upload", body(file_part(b"run.sh"), file_part(b"empty.txt"), file_part(b"")))
     assert code == 201, answer
     assert sorted(job_inputs(server, answer["id"])) == ["empty.txt", "file", "run.sh"]
-    folder = server.config.data_path / Job.get_by_id(answer["id"]).folder / "input"
+    folder = server.config.data_path / Job.get_by_id(answer["id"]).folder
     assert all(path.stat().st_size == 0 for path in folder.iterdir())
 
     payload_folder = await dispatch(server, client, answer["id"])
@@ -473,15 +478,15 @@ async def test_empty_file_parts_are_saved_as_empty_files_and_sent_to_the_client(
     (b"../..", "file"),
     (b"/", "file"),
 ])
-async def test_dot_names_stay_inside_the_jobs_input_folder(server, raw, saved):
+async def test_dot_names_stay_inside_the_jobs_folder(server, raw, saved):
     """`.tmp` (the name of the server's scratch folder), `..` and `.` are plain file names inside the job's
-    input/; the scratch folder stays an empty folder."""
+    folder; nothing lands in the scratch folder."""
     code, answer = await post(server, "/upload", body(file_part(raw, b"dots"), file_part(b"run.sh", RUN_SH)))
     assert code == 201, answer
     assert sorted(job_inputs(server, answer["id"])) == sorted([saved, "run.sh"])
-    folder = server.config.data_path / Job.get_by_id(answer["id"]).folder / "input"
+    folder = server.config.data_path / Job.get_by_id(answer["id"]).folder
     assert (folder / saved).read_bytes() == b"dots"
-    assert server.config.tmp_path.is_dir() and not any(server.config.tmp_path.iterdir())
+    assert not server.config.tmp_path.exists() or not any(server.config.tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("path", ["/upload", "/health"])

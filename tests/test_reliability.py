@@ -130,7 +130,7 @@ async def test_a_send_repeated_after_a_crash_finds_the_payload_of_the_first_send
     job_id = body["id"]
     assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
     job = Job.get_by_id(job_id)
-    inputs = jobs.folder(server.ctx, job) / jobs.INPUT
+    inputs = jobs.folder(server.ctx, job)
     first = await submitted(client, {path.name: path.read_bytes() for path in inputs.iterdir()},
                             job_key=job.folder)  # the first send, whose answer was lost in the crash
 
@@ -163,10 +163,10 @@ async def test_a_job_answered_by_another_client_instance_ends_unknown_without_it
     assert a.status == "Unknown"
     assert "another client instance" in a.message and "(other)" in a.message
     assert client_instance() in a.message
-    assert not (jobs.folder(server.ctx, a) / jobs.RESULT).exists()
+    assert not jobs.result_file(server.ctx, a).exists()
     assert data_files(server.config.tmp_path) == []  # nor half a zip
     assert job_status(job_b.id) == "Completed"
-    assert (jobs.folder(server.ctx, job_b) / jobs.RESULT).exists()
+    assert jobs.result_file(server.ctx, job_b).exists()
 
 
 async def test_a_job_pointing_at_another_jobs_payload_ends_unknown_and_the_other_job_is_unaffected(server, client):
@@ -179,7 +179,7 @@ async def test_a_job_pointing_at_another_jobs_payload_ends_unknown_and_the_other
     b = Job.get_by_id(job_b.id)
     assert b.status == "Unknown"
     assert "another job's payload" in b.message
-    assert not (jobs.folder(server.ctx, b) / jobs.RESULT).exists()
+    assert not jobs.result_file(server.ctx, b).exists()
     assert job_status(job_a.id) == "Completed"
     code, answer = await server.json(f"/download/{job_b.id}")
     assert (code, answer["status"]) == (200, "Unknown")

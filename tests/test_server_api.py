@@ -110,10 +110,10 @@ async def test_upload_queues_the_job_and_saves_its_files_in_the_job_folder(serve
     assert isinstance(body["id"], int) and body["id"] > 0
     job = Job.get_by_id(body["id"])
     assert (job.status, job.user_id, job.service) == ("Queued", 7, "example")
-    inputs = server.config.data_path / job.folder / "input"
+    inputs = server.config.data_path / job.folder
     assert (inputs / "run.sh").read_bytes() == b"echo hi\n"
     assert (inputs / "data.txt").read_bytes() == b"some data"
-    assert data_files(server.config.data_path) == [f"{job.folder}/input/data.txt", f"{job.folder}/input/run.sh"]
+    assert data_files(server.config.data_path) == [f"{job.folder}/data.txt", f"{job.folder}/run.sh"]
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -151,17 +151,17 @@ async def test_upload_takes_any_part_with_a_filename_as_a_file_whatever_its_fiel
     code, body = await post_upload(server, {"user_id": "1", "service": "example"}, RUN_SH, file_field="attachment")
     assert code == 201
     job = Job.get_by_id(body["id"])
-    assert (server.config.data_path / job.folder / "input" / "run.sh").read_bytes() == RUN_SH["run.sh"]
+    assert (server.config.data_path / job.folder / "run.sh").read_bytes() == RUN_SH["run.sh"]
 
 
 async def test_upload_saves_files_under_their_base_name_inside_the_job_folder(server, tmp_path):
     code, body = await upload(server, {"../../etc/passwd": b"not yours", "/abs/x": b"absolute"})
     assert code == 201
     job = Job.get_by_id(body["id"])
-    assert data_files(server.config.data_path) == [f"{job.folder}/input/passwd", f"{job.folder}/input/x"]
+    assert data_files(server.config.data_path) == [f"{job.folder}/passwd", f"{job.folder}/x"]
     escaped = sorted(path.name for path in tmp_path.rglob("*") if path.name in ("passwd", "x", "etc", "abs"))
     assert escaped == ["passwd", "x"]  # only the two saved in the job folder: nothing outside it
-    assert (server.config.data_path / job.folder / "input" / "passwd").read_bytes() == b"not yours"
+    assert (server.config.data_path / job.folder / "passwd").read_bytes() == b"not yours"
 
 
 async def test_upload_with_a_content_length_over_the_limit_is_refused_with_413(small_server):
@@ -280,7 +280,7 @@ async def completed_job(server) -> tuple[int, bytes]:
     """A Completed job whose result zip is in place; returns its id and the zip's bytes."""
     job_id = await queued_job(server)
     result = zip_bytes({"out.txt": b"hello\n", "run.log": b""})
-    (jobs.folder(server.ctx, Job.get_by_id(job_id)) / jobs.RESULT).write_bytes(result)
+    jobs.result_file(server.ctx, Job.get_by_id(job_id)).write_bytes(result)
     move(job_id, Status.PROCESSING, Status.SUBMITTED, Status.COMPLETED, dest_id=1)
     return job_id, result
 
@@ -319,7 +319,7 @@ async def test_head_of_a_status_download_has_the_headers_of_get_and_no_body(serv
 
 async def test_download_of_a_completed_job_whose_zip_is_missing_is_500_json_without_traceback(server, caplog):
     job_id, _ = await completed_job(server)
-    (jobs.folder(server.ctx, Job.get_by_id(job_id)) / jobs.RESULT).unlink()
+    jobs.result_file(server.ctx, Job.get_by_id(job_id)).unlink()
     caplog.set_level(logging.DEBUG)
     response = await server.fetch(f"/download/{job_id}")
     assert response.code == 500

@@ -123,8 +123,9 @@ def test_server_killed_during_an_upload_leaves_nothing(cluster):
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
                      b"filename=\"run.sh\"\r\n\r\n" + b"x" * 5000)
-        scratch = nodes.server.folder / "data" / "server" / ".tmp"
-        wait(lambda: any(scratch.iterdir()) if scratch.exists() else False, what="the upload to be received")
+        data = nodes.server.folder / "data" / "server"
+        wait(lambda: any(path.is_dir() for path in data.iterdir()) if data.exists() else False,
+             what="the upload to be received")
         nodes.server.kill()
     nodes.server.start()
     assert [path.name for path in (nodes.server.folder / "data" / "server").iterdir()] == []
