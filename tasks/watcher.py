@@ -7,7 +7,8 @@ import logging
 from orch.config import ServiceConfig
 from orch.context import Context
 from orch.errors import ClientError
-from orch.models import server_db
+from orch.models import Job, server_db, transition
+from orch.states import Status
 from tasks.getter import POLLED, poll_soon
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ async def follow_events(ctx: Context, service: ServiceConfig) -> None:
         failures = 0
         for event in events:
             job = server_db.execute_sql(BY_KEY, (event.get("job_key"), service.name)).fetchone()
-            if job is not None and job[1] in POLLED:
+            if job is None or job[1] not in POLLED:
+                continue
+            if event.get("status") != Status.RUNNING:
                 poll_soon(ctx, job[0])
+            elif job[1] == Status.SUBMITTED:  # nothing to fetch: record it without asking the client
+                transition(Job, job[0], Status.SUBMITTED, Status.RUNNING, ctx.clock())
         after = last

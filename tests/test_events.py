@@ -1,0 +1,87 @@
+"""The client's event stream (GET /events) and the server's watcher that follows it."""
+
+import asyncio
+
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application, RequestHandler
+
+from orch.config import ServiceConfig
+from orch.models import JobEvent
+from tasks.runner import start_prepared
+from tasks.watcher import follow_events
+from tests.conftest import job_status, multipart, payload_status, script, services, upload, wait_for
+
+
+async def submit(client, body: bytes = b"echo done > out.txt\n", job_key: str = "key-1") -> int:
+    data, content_type = multipart({"job_key": job_key}, {"run.sh": body})
+    code, payload = await client.json("/submit", method="POST", body=data, headers={"Content-Type": content_type})
+    assert code == 200
+    return payload["id"]
+
+
+async def test_without_after_the_stream_answers_at_once_where_it_stands(client):
+    code, answer = await client.json("/events")
+    assert (code, answer) == (200, {"last": 0, "events": []})
+    await submit(client)
+    code, answer = await client.json("/events?wait=30")
+    assert answer["events"] == [] and answer["last"] >= 0
+
+
+async def test_a_long_poll_answers_as_soon_as_a_payload_changes(client, io_loop):
+    _, now = await client.json("/events")
+    waiting = asyncio.ensure_future(client.json(f"/events?after={now['last']}&wait=30"))
+    await asyncio.sleep(0)
+    payload_id = await submit(client)
+    await start_prepared(client.ctx, io_loop.time())
+    code, answer = await waiting
+    assert code == 200
+    assert [(event["id"], event["job_key"], event["status"]) for event in answer["events"]] == [
+        (payload_id, "key-1", "Prepared"), (payload_id, "key-1", "Running")]
+    assert answer["last"] == answer["events"][-1]["seq"]
+    await wait_for(lambda: payload_status(payload_id) == "Completed")
+    _, later = await client.json(f"/events?after={answer['last']}&wait=0")
+    assert [event["status"] for event in later["events"]] == ["Completed"]
+
+
+async def test_a_stream_asked_from_beyond_its_end_restarts_from_where_it_stands(client):
+    """A server that followed another client instance (whose database was replaced) is not left waiting."""
+    code, answer = await client.json("/events?after=999&wait=30")
+    assert (code, answer) == (200, {"last": 0, "events": []})
+
+
+async def test_bad_stream_arguments_are_400(client):
+    for query in ("after=x", "after=-1", "wait=x", "wait=61", "wait=-1"):
+        code, answer = await client.json(f"/events?{query}")
+        assert code == 400, query
+        assert answer.keys() == {"id", "status", "message"}
+
+
+async def test_the_server_learns_from_the_stream_alone_that_a_job_ran_and_finished(nodes):
+    """With the getter's rounds an hour apart, only the event stream can move the job on."""
+    client = nodes("client", tasks=True)
+    server = nodes("server", tasks=True, getter_interval=3600, **services(client))
+    _, body = await upload(server, script("echo hello > out.txt\n"))
+    await wait_for(lambda: job_status(body["id"]) == "Completed")
+    response = await server.fetch(f"/download/{body['id']}")
+    assert response.headers["Content-Type"] == "application/zip"
+    assert "Running" in [event.dst for event in JobEvent.select().where(JobEvent.job == body["id"])]
+
+
+async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop, server):
+    """A client of the original answers 404 to /events: the watch ends instead of retrying forever."""
+
+    class Original(RequestHandler):
+        def get(self) -> None:
+            self.set_status(404)
+
+    sock, port = bind_unused_port()
+    original = HTTPServer(Application([(r"/.*", Original)]))
+    original.add_socket(sock)
+    service = ServiceConfig("old", f"http://127.0.0.1:{port}/submit", f"http://127.0.0.1:{port}/retrieve",
+                            f"http://127.0.0.1:{port}/kill")
+    try:
+        await asyncio.wait_for(follow_events(server.ctx, service), 30)
+    finally:
+        original.stop()
+
