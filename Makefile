@@ -33,5 +33,8 @@ run: $(READY) .env
 	@echo "  Then:              curl http://localhost:5000/download/1 -o result.zip"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
 
+bench: $(READY)
+	$(BIN)/python -m bench $(BENCH)
+
 clean:
-	rm -rf $(VENV) data *.sqlite *.sqlite-*
+	rm -rf $(VENV) data *.sqlite *.sqlite-* bench/.scratch

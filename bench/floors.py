@@ -1,6 +1,5 @@
 """Floors: the same work done without the orchestrator, measured in the same run as the benchmark."""
 
-import os
 import subprocess
 import tempfile
 import time
@@ -8,7 +7,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.harness import median
+from bench.harness import SCRATCH, median
 
 
 def run_and_zip(folder: Path, script: str) -> None:
@@ -23,7 +22,7 @@ def run_and_zip(folder: Path, script: str) -> None:
 
 def one_job(script: str, times: int = 20) -> float:
     """Median seconds of `run_and_zip` for one job at a time."""
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as scratch:
         durations = []
         for i in range(times):
             start = time.perf_counter()
@@ -34,21 +33,19 @@ def one_job(script: str, times: int = 20) -> float:
 
 def many_jobs(script: str, jobs: int, at_once: int) -> float:
     """Seconds to run and zip `jobs` jobs, `at_once` at a time."""
-    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(at_once) as pool:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as scratch, ThreadPoolExecutor(at_once) as pool:
         start = time.perf_counter()
         list(pool.map(lambda i: run_and_zip(Path(scratch) / str(i), script), range(jobs)))
         return time.perf_counter() - start
 
 
-def disk_copy_rate(size: int) -> float:
-    """Bytes per second of copying a file of `size` bytes on this disk (`cp`, page cache warm)."""
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
-        source, target = Path(scratch) / "source", Path(scratch) / "target"
-        with open(source, "wb") as out:
-            for _ in range(size // (1 << 20)):
-                out.write(os.urandom(1 << 20))
-        subprocess.run(["cp", source, target], check=True)  # warm the page cache
-        target.unlink()
+def disk_copy_rate(source: Path) -> float:
+    """Bytes per second of copying `source` beside itself with `cp` (the best of three)."""
+    target = source.with_name(source.name + ".copy")
+    durations = []
+    for _ in range(3):
         start = time.perf_counter()
         subprocess.run(["cp", source, target], check=True)
-        return size / (time.perf_counter() - start)
+        durations.append(time.perf_counter() - start)
+        target.unlink()
+    return source.stat().st_size / min(durations)

@@ -4,6 +4,7 @@ a portal-like HTTP driver, timing and memory helpers, and one way to print resul
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -16,9 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Scratch space on the project's disk (set BENCH_SCRATCH to choose another): /tmp may be another disk, or
+# the same one made slow by years of small files, and every job writes a few.
+SCRATCH = Path(os.environ.get("BENCH_SCRATCH", ROOT / "bench" / ".scratch"))
 SETTLE = 0.001  # seconds between two polls of a portal waiting for its result
 
 
@@ -55,8 +59,13 @@ class Process:
 class Orchestrator:
     """A client and a server with service `bench` on it, in a scratch folder; used as a context manager."""
 
-    def __init__(self, server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None):
-        self.folder = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    def __init__(self, server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None,
+                 server_db: Path | None = None):
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="orchestrator-bench-", dir=SCRATCH))
+        if server_db is not None:  # start the server on a copy of this database
+            (self.folder / "server").mkdir()
+            shutil.copy(server_db, self.folder / "server" / "server.sqlite")
         self.client = Process("client", self.folder / "client", {"KILL_GRACE": "1", **(client_env or {})})
         self.server = Process("server", self.folder / "server", {
             "SERVICE_BENCH_UPLOAD_URL": f"{self.client.url}/submit",
@@ -66,10 +75,14 @@ class Orchestrator:
         self.http = AsyncHTTPClient(force_instance=True, max_clients=64, max_body_size=2**40)
 
     async def __aenter__(self) -> "Orchestrator":
-        for process in (self.client, self.server):
-            while not await self._healthy(process):
-                assert process.popen.poll() is None, f"the {process} did not start"
-                await asyncio.sleep(0.02)
+        try:
+            for process in (self.client, self.server):
+                while not await self._healthy(process):
+                    assert process.popen.poll() is None, f"{process.popen.args} did not start"
+                    await asyncio.sleep(0.02)
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def _healthy(self, process: Process) -> bool:
@@ -87,6 +100,31 @@ class Orchestrator:
     async def upload(self, body: bytes, content_type: str) -> int:
         response = await self.http.fetch(f"{self.server.url}/upload", method="POST", body=body,
                                          headers={"Content-Type": content_type}, request_timeout=600)
+        assert response.code == 201, response.body
+        return json.loads(response.body)["id"]
+
+    async def upload_file(self, path: Path, script: str, user_id: int = 1) -> int:
+        """Upload a job made of `script` and the file at `path`, streamed from disk; return its id."""
+        boundary = uuid.uuid4().hex
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="user_id"\r\n\r\n{user_id}\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="service"\r\n\r\nbench\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="run.sh"\r\n\r\n'
+                f'{script}\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n\r\n'
+                ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        async def produce(write) -> None:
+            await write(head)
+            with open(path, "rb") as source:
+                while chunk := source.read(1 << 20):
+                    await write(chunk)
+            await write(tail)
+
+        request = HTTPRequest(f"{self.server.url}/upload", method="POST", body_producer=produce, request_timeout=600,
+                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                       "Content-Length": str(len(head) + path.stat().st_size + len(tail))})
+        response = await self.http.fetch(request)
         assert response.code == 201, response.body
         return json.loads(response.body)["id"]
 
