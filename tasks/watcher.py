@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 WAIT = 25.0  # seconds a long-poll may wait for a change
 MAX_DELAY = 60.0
+WAITING = (Status.PREPARED, Status.RUNNING)  # a payload in these has nothing for the server to fetch
 BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ? AND "service" = ?'  # plain SQL: once per event
 
 
@@ -40,8 +41,9 @@ async def follow_events(ctx: Context, service: ServiceConfig) -> None:
             job = server_db.execute_sql(BY_KEY, (event.get("job_key"), service.name)).fetchone()
             if job is None or job[1] not in POLLED:
                 continue
-            if event.get("status") != Status.RUNNING:
-                poll_soon(ctx, job[0])
-            elif job[1] == Status.SUBMITTED:  # nothing to fetch: record it without asking the client
+            status = event.get("status")
+            if status == Status.RUNNING and job[1] == Status.SUBMITTED:  # recorded without asking the client
                 transition(Job, job[0], Status.SUBMITTED, Status.RUNNING, ctx.clock())
+            elif status not in WAITING:  # it ended: fetch its result or reason
+                poll_soon(ctx, job[0])
         after = last
