@@ -1,8 +1,10 @@
 """Floors: the same work done without the orchestrator, measured in the same run as the benchmark."""
 
+import sqlite3
 import subprocess
 import tempfile
 import time
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,3 +51,26 @@ def disk_copy_rate(source: Path) -> float:
         durations.append(time.perf_counter() - start)
         target.unlink()
     return source.stat().st_size / min(durations)
+
+
+def store_uploads(script: str, seconds: float = 2.0) -> float:
+    """Uploads per second at the least: for each, a folder with its run.sh and a committed row (SQLite in
+    WAL mode, as the server keeps its queue), with no HTTP and no parsing."""
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as scratch:
+        db = sqlite3.connect(Path(scratch) / "floor.sqlite", isolation_level=None)
+        db.execute("PRAGMA journal_mode = wal")
+        db.execute("PRAGMA synchronous = normal")
+        db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, folder TEXT UNIQUE, status TEXT)")
+        done = 0
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            folder = Path(scratch) / uuid.uuid4().hex
+            folder.mkdir()
+            (folder / "run.sh").write_text(script)
+            with db:
+                db.execute("BEGIN")
+                db.execute("INSERT INTO jobs (folder, status) VALUES (?, 'Queued')", (folder.name,))
+            done += 1
+        db.close()
+        return done / elapsed

@@ -4,6 +4,7 @@ a commit survives a crash of the process)."""
 import asyncio
 import time
 
+from bench import floors
 from bench.harness import Orchestrator, job_body, show
 
 CONNECTIONS = 8
@@ -45,14 +46,18 @@ def quiet_service() -> dict[str, str]:
 
 
 async def measure() -> dict:
-    body, content_type = job_body("echo hello > out.txt\n")
+    script = "echo hello > out.txt\n"
+    body, content_type = job_body(script)
     async with Orchestrator(server_env=quiet_service()) as orch:
         await upload_rate(orch.server.url, body, content_type, seconds=0.5)  # warm up
         rate = await upload_rate(orch.server.url, body, content_type)
+    floor = floors.store_uploads(script)
     show("small uploads per second, empty queue, every commit durable", [
         ("uploads", f"{rate:.0f} per second over {CONNECTIONS} keep-alive connections (target: 1000 at least)"),
+        ("floor", f"{floor:.0f} per second (a folder, its run.sh and a committed row each; no HTTP)"),
+        ("uploads / floor", f"{rate / floor:.2f}"),
     ])
-    return {"rate": rate}
+    return {"rate": rate, "floor": floor}
 
 
 if __name__ == "__main__":
