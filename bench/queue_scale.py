@@ -28,21 +28,21 @@ ROUNDS = 200
 PACE_TURNS = 3
 
 
-def fill(path: Path) -> None:
+def fill(path: Path, history: int, queued: int, users: int) -> None:
     """A server database with the history and the queue (and an index layout made by the real code)."""
     open_server_db(path)
     server_db.close()
     rng = random.Random(1)
     now = time.time()  # finished recently: the cleaner has nothing to do yet (Cleaned ones are long gone)
     with sqlite3.connect(path) as db:
-        finished = ((rng.randrange(USERS), SERVICE, rng.choice(["Completed", "Failed", "Cleaned"]), uuid.uuid4().hex,
-                     "", now, now, now) for _ in range(HISTORY))
+        finished = ((rng.randrange(users), SERVICE, rng.choice(["Completed", "Failed", "Cleaned"]), uuid.uuid4().hex,
+                     "", now, now, now) for _ in range(history))
         db.executemany("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at, "
                        "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", finished)
-        queued = ((rng.randrange(USERS), SERVICE, "Queued", uuid.uuid4().hex, "", 1.0, 1.0)
-                  for _ in range(QUEUED))
+        waiting = ((rng.randrange(users), SERVICE, "Queued", uuid.uuid4().hex, "", 1.0, 1.0)
+                   for _ in range(queued))
         db.executemany("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", queued)
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", waiting)
         # The service's ten slots are taken, as in a busy day: the queue waits (and every upload still makes
         # the sender look at it). The rounds below free them first.
         running = ((user, SERVICE, "Running", uuid.uuid4().hex, "", now, now) for user in range(10))
@@ -50,7 +50,7 @@ def fill(path: Path) -> None:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", running)
 
 
-def sender_rounds(path: Path) -> list[float]:
+def sender_rounds(path: Path, rounds: int) -> list[float]:
     """Seconds per sender round (choose what may start, claim it, move the cursor) with 10 free slots;
     between rounds the claimed jobs finish, freeing their slots."""
     open_server_db(path)
@@ -59,7 +59,7 @@ def sender_rounds(path: Path) -> list[float]:
     for (job,) in Job.select(Job.id).where(Job.status == Status.RUNNING.value).tuples():
         transition(Job, job, Status.RUNNING, Status.COMPLETED, time.time())
     durations = []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         start = time.perf_counter()
         picks = next_jobs(service)
         with server_db.atomic():
@@ -72,51 +72,53 @@ def sender_rounds(path: Path) -> list[float]:
     return durations
 
 
-def fairness(path: Path) -> bool:
+def fairness(path: Path, users: int) -> bool:
     """A user with one job queued behind another user's 5,000 starts at the next free slot."""
     open_server_db(path)
     now = time.time()
     with sqlite3.connect(path) as db:
         db.executemany("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [(USERS + 1, SERVICE, "Queued", uuid.uuid4().hex, "", now, now) for _ in range(5000)]
-                       + [(USERS + 2, SERVICE, "Queued", uuid.uuid4().hex, "", now, now)])
-    move_cursor(SERVICE, USERS + 1)
+                       [(users + 1, SERVICE, "Queued", uuid.uuid4().hex, "", now, now) for _ in range(5000)]
+                       + [(users + 2, SERVICE, "Queued", uuid.uuid4().hex, "", now, now)])
+    move_cursor(SERVICE, users + 1)
     one_slot = ServiceConfig(SERVICE, "http://x/submit", "http://x/retrieve", "http://x/kill", max_runs=1)
     ((_, user),) = next_jobs(one_slot)
     server_db.close()
-    return user == USERS + 2
+    return user == users + 2
 
 
-async def upload_pace(path: Path | None) -> float:
-    """Uploads per second to a server whose database is `path` (None: empty)."""
+async def upload_pace(path: Path | None, seconds: float) -> float:
+    """Uploads per second to a server whose database is `path` (None: empty), over `seconds`."""
     body, content_type = job_body("echo hello > out.txt\n")
     async with Orchestrator(server_env=quiet_service(), server_db=path) as orch:
         await upload_rate(orch.server.url, body, content_type, seconds=0.5)
-        return await upload_rate(orch.server.url, body, content_type)
+        return await upload_rate(orch.server.url, body, content_type, seconds)
 
 
-async def measure() -> dict:
+async def measure(history: int = HISTORY, queued: int = QUEUED, users: int = USERS, rounds: int = ROUNDS,
+                  pace_seconds: float = 3.0) -> dict:
     SCRATCH.mkdir(parents=True, exist_ok=True)
     scratch = Path(SCRATCH / f"queue-{uuid.uuid4().hex}")
     scratch.mkdir()
     try:
         path = scratch / "server.sqlite"
         start = time.perf_counter()
-        fill(path)
+        fill(path, history, queued, users)
         filled = time.perf_counter() - start
         # In turns, the best of each: the disk's pace drifts over a run, and would favour whichever went first.
-        paces = [(database, await upload_pace(database)) for _ in range(PACE_TURNS) for database in (None, path)]
+        paces = [(database, await upload_pace(database, pace_seconds))
+                 for _ in range(PACE_TURNS) for database in (None, path)]
         empty_rate = max(rate for database, rate in paces if database is None)
         full_rate = max(rate for database, rate in paces if database is not None)
-        rounds = sender_rounds(path)
-        fair = fairness(path)
+        durations = sender_rounds(path, rounds)
+        fair = fairness(path, users)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    p95 = sorted(rounds)[int(0.95 * (len(rounds) - 1))]
-    result = {"round_median": statistics.median(rounds), "round_p95": p95, "empty_rate": empty_rate,
+    p95 = sorted(durations)[int(0.95 * (len(durations) - 1))]
+    result = {"round_median": statistics.median(durations), "round_p95": p95, "empty_rate": empty_rate,
               "full_rate": full_rate, "fair": fair}
-    show(f"queue scale: {QUEUED:,} queued from {USERS:,} users over {HISTORY:,} finished jobs", [
+    show(f"queue scale: {queued:,} queued from {users:,} users over {history:,} finished jobs", [
         ("database filled in", f"{filled:.0f} s"),
         ("sender round", f"median {result['round_median'] * 1000:.2f} ms, 95th percentile {p95 * 1000:.2f} ms "
                          f"(10 slots to fill; target: 5 ms at most)"),

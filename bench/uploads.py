@@ -45,12 +45,12 @@ def quiet_service() -> dict[str, str]:
             "SERVICE_BENCH_DOWNLOAD_URL": "http://127.0.0.1:9/retrieve", "SENDER_INTERVAL": "3600"}
 
 
-async def measure() -> dict:
+async def measure(seconds: float = 3.0) -> dict:
     script = "echo hello > out.txt\n"
     body, content_type = job_body(script)
     async with Orchestrator(server_env=quiet_service()) as orch:
         await upload_rate(orch.server.url, body, content_type, seconds=0.5)  # warm up
-        rate = await upload_rate(orch.server.url, body, content_type)
+        rate = await upload_rate(orch.server.url, body, content_type, seconds)
     floor = floors.store_uploads(script)
     show("small uploads per second, empty queue, every commit durable", [
         ("uploads", f"{rate:.0f} per second over {CONNECTIONS} keep-alive connections (target: 1000 at least)"),
