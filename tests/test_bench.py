@@ -3,7 +3,7 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 
 import pytest
 
-from bench import bigfiles, floors, harness, latency, queue_scale, throughput, uploads
+from bench import bigfiles, floors, harness, latency, queue_scale, soak, throughput, uploads
 from orch.models import server_db
 
 pytestmark = pytest.mark.slow
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def scratch(tmp_path, monkeypatch):
-    for module in (harness, floors, queue_scale):
+    for module in (harness, floors, queue_scale, soak):
         monkeypatch.setattr(module, "SCRATCH", tmp_path)
     yield
     assert list(tmp_path.iterdir()) == []  # every benchmark removes what it made
@@ -50,3 +50,10 @@ async def test_uploads(capsys):
     result = await uploads.measure(seconds=0.3)
     assert result["rate"] > 0 and result["floor"] > 0
     assert "uploads / floor" in capsys.readouterr().out
+
+
+def test_soak(capsys):
+    result = soak.measure(minutes=0.1)
+    assert result["submitted"] > 0
+    assert (result["finished"], result["lost"], result["twice"], result["leftovers"]) == (result["submitted"], 0, 0, 0)
+    assert "run twice" in capsys.readouterr().out
