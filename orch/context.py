@@ -128,6 +128,7 @@ class Context:
     backoff: Backoff = field(default_factory=Backoff)
     changes: Changes = field(default_factory=Changes)
     repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
+    ended_early: set[int] = field(default_factory=set)  # jobs reported ended while their send was in flight
     wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
     instance: str = ""  # a client's instance id (see orch.models.Instance)
 

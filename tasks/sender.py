@@ -8,6 +8,7 @@ from orch.errors import ClientError
 from orch.models import Job, fetch, server_db, transition
 from orch.quotas import move_cursor, next_jobs
 from orch.states import Status
+from tasks.getter import poll_soon
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,18 @@ async def send_queued(ctx: Context, now: float) -> int:
 
 
 async def send(ctx: Context, job_id: int, now: float) -> None:
+    """Send a claimed job (see `_send`); if its client reported it ended before the send was recorded (a
+    quick job on a busy server), fetch its result now rather than at the getter's next round."""
+    try:
+        await _send(ctx, job_id, now)
+    finally:
+        if job_id in ctx.ended_early:
+            ctx.ended_early.discard(job_id)
+            if fetch(Job, job_id).status == Status.SUBMITTED:
+                poll_soon(ctx, job_id)
+
+
+async def _send(ctx: Context, job_id: int, now: float) -> None:
     """Send one job claimed in the round at `now`: Submitted with its payload id when the client accepts it;
     back to Queued when the client is unreachable or failing (its service retried from `now` plus a backoff),
     Failed once it has been so for CLIENT_LOST_AFTER; Failed when the client refuses the job.

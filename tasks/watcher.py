@@ -39,11 +39,16 @@ async def follow_events(ctx: Context, service: ServiceConfig) -> None:
         failures = 0
         for event in events:
             job = server_db.execute_sql(BY_KEY, (event.get("job_key"), service.name)).fetchone()
-            if job is None or job[1] not in POLLED:
+            if job is None:
                 continue
+            job_id, job_status = job
             status = event.get("status")
-            if status == Status.RUNNING and job[1] == Status.SUBMITTED:  # recorded without asking the client
-                transition(Job, job[0], Status.SUBMITTED, Status.RUNNING, ctx.clock())
-            elif status not in WAITING:  # it ended: fetch its result or reason
-                poll_soon(ctx, job[0])
+            if status == Status.RUNNING and job_status == Status.SUBMITTED:  # recorded without asking the client
+                transition(Job, job_id, Status.SUBMITTED, Status.RUNNING, ctx.clock())
+            elif status in WAITING:
+                continue
+            elif job_status in POLLED:  # it ended: fetch its result or reason
+                poll_soon(ctx, job_id)
+            elif job_status == Status.PROCESSING:  # it ended before its send was recorded: see sender.send
+                ctx.ended_early.add(job_id)
         after = last

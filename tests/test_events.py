@@ -2,14 +2,17 @@
 
 import asyncio
 import logging
+import time
 
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
 from orch.config import ServiceConfig
-from orch.models import JobEvent
+from orch.models import Job, JobEvent, transition
+from orch.states import Status
 from tasks.runner import start_prepared
+from tasks.sender import send
 from tasks.watcher import follow_events
 from tests.conftest import job_status, multipart, payload_status, script, services, upload, wait_for
 
@@ -69,6 +72,25 @@ async def test_the_server_learns_from_the_stream_alone_that_a_job_ran_and_finish
     assert response.headers["Content-Type"] == "application/zip"
     assert "Running" in [event.dst for event in JobEvent.select().where(JobEvent.job == body["id"])]
     assert len([record for record in caplog.records if " /retrieve/" in record.getMessage()]) == 1
+
+
+async def test_a_job_that_ends_before_its_send_is_recorded_is_fetched_as_soon_as_it_is(server, client):
+    """A quick job on a busy server: the client reports that it ended while the server still waits for the
+    answer to its send. Its result is fetched once the send is recorded, not at a getter round (none runs)."""
+    watch = asyncio.ensure_future(follow_events(server.ctx, server.ctx.config.services["example"]))
+    _, body = await upload(server, script("echo done > out.txt\n"))
+    job_id = body["id"]
+    assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
+    payload_id = await submit(client, job_key=Job.get_by_id(job_id).folder)  # the send reached the client...
+    await start_prepared(client.ctx, time.time())
+    await wait_for(lambda: job_id in server.ctx.ended_early)  # ...which ran the job and reported its end
+    await send(server.ctx, job_id, time.time())  # the send's answer comes back: the same payload, by its key
+    try:
+        await wait_for(lambda: job_status(job_id) == "Completed")
+    finally:
+        watch.cancel()
+    assert Job.get_by_id(job_id).dest_id == payload_id
+    assert server.ctx.ended_early == set()
 
 
 async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop, server):
