@@ -129,6 +129,9 @@ class Context:
     changes: Changes = field(default_factory=Changes)
     repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
     ended_early: set[int] = field(default_factory=set)  # jobs reported ended while their send was in flight
+    # Services whose client's event stream the server follows live, with when the getter last asked about all
+    # their jobs (0: due at its next round); see tasks.getter.
+    streams: dict[str, float] = field(default_factory=dict)
     wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
     instance: str = ""  # a client's instance id (see orch.models.Instance)
 

@@ -101,16 +101,16 @@ class ClientAPI:
         _check_identity(url, response.headers, dest)
         return answer
 
-    async def events(self, service: ServiceConfig, after: int | None, wait: float) -> tuple[int, list[dict]]:
-        """The client's payload status changes after `after` (waiting up to `wait` seconds for some), and the
-        point to ask from next time. ClientError 404 from clients that have no event stream."""
+    async def events(self, service: ServiceConfig, after: int | None, wait: float) -> tuple[str, int, list[dict]]:
+        """The client's instance id, its payload status changes after `after` (waiting up to `wait` seconds for
+        some), and the point to ask from next time. ClientError 404 from clients that have no event stream."""
         query = f"?wait={wait:g}" + ("" if after is None else f"&after={after}")
         url = f"{service.events_url}{query}"
         response = await self._fetch(url, request_timeout=wait + self.request_timeout)
         answer = _answer(url, response.code, response.body)
         if not isinstance(answer.get("last"), int) or not isinstance(answer.get("events"), list):
             raise ClientError(f"{url} answered without last and events", 502)
-        return answer["last"], answer["events"]
+        return response.headers.get(INSTANCE_HEADER, ""), answer["last"], answer["events"]
 
     async def _download(self, url: str, dest: Destination, zip_path: Path, zip_required: bool) -> dict | None:
         sink = _ZipOrJson(zip_path, self.tmp_path)

@@ -12,6 +12,7 @@ from orch.wire import GONE
 log = logging.getLogger(__name__)
 
 POLLED = (Status.SUBMITTED, Status.RUNNING)
+STREAMED_SWEEP = 30.0  # seconds between two polls of the jobs of a client followed live
 DISPATCHED = 'SELECT "id", "service" FROM "jobs" WHERE "status" IN (?, ?)'  # plain SQL: it runs every round
 # What the client's statuses mean for the server's job; Prepared and Completed-as-JSON change nothing.
 MIRRORED = {
@@ -26,12 +27,21 @@ MIRRORED = {
 
 async def poll_dispatched(ctx: Context, now: float) -> int:
     """Start a poll of every Submitted or Running job not being polled already and whose client is not in
-    backoff; return how many started."""
+    backoff; return how many started.
+
+    Jobs of a client whose event stream is followed live are left to it (it reports every change), except
+    every STREAMED_SWEEP seconds and once when the stream (re)starts: a safety net that costs little, where
+    asking about each running job every round would cost a request per job and per round."""
+    swept = {name for name, last in ctx.streams.items() if now - last >= STREAMED_SWEEP}
     started = 0
     for job_id, service in server_db.execute_sql(DISPATCHED, [s.value for s in POLLED]).fetchall():
+        if service in ctx.streams and service not in swept:
+            continue
         if ("poll", job_id) not in ctx.inflight and ctx.backoff.ready(service, now):
             ctx.inflight.start(("poll", job_id), lambda job_id=job_id: poll(ctx, job_id, now))
             started += 1
+    for name in swept:
+        ctx.streams[name] = now
     return started
 
 

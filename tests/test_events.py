@@ -110,3 +110,62 @@ async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop
     finally:
         original.stop()
 
+
+
+async def test_while_a_stream_is_live_the_getter_leaves_running_jobs_to_it(nodes, tmp_path, caplog):
+    """Asking about each running job at every round would cost a request per job and per round: while the
+    stream answers, the getter asks once when it starts, then only every STREAMED_SWEEP seconds."""
+    caplog.set_level(logging.DEBUG, "tornado.access")
+    client = nodes("client", tasks=True)
+    server = nodes("server", tasks=True, getter_interval=0.02, **services(client))
+    gate = tmp_path / "gate"
+    _, body = await upload(server, script(f"while [ ! -e {gate} ]; do sleep 0.01; done\n"))
+    await wait_for(lambda: job_status(body["id"]) == "Running")
+    await wait_for(lambda: server.ctx.streams.get("example"))  # the getter's sweep when the stream started
+
+    def retrieves() -> int:
+        return len([record for record in caplog.records if " /retrieve/" in record.getMessage()])
+
+    asked = retrieves()
+    await asyncio.sleep(0.5)  # some 25 getter rounds
+    assert retrieves() == asked
+    gate.touch()
+    await wait_for(lambda: job_status(body["id"]) == "Completed")
+    assert retrieves() == asked + 1
+
+
+async def test_a_stream_answered_by_another_client_instance_has_every_job_asked_about_again(server):
+    """A client replaced behind the same address (its data lost) may not report the jobs it no longer has:
+    the getter asks about all of them at its next round, which ends them with the reason."""
+    answers: asyncio.Queue = asyncio.Queue()
+
+    class Replaced(RequestHandler):
+        async def get(self) -> None:
+            instance, last = await answers.get()
+            self.set_header("X-Orchestrator-Instance", instance)
+            self.write({"last": last, "events": []})
+
+    sock, port = bind_unused_port()
+    fake = HTTPServer(Application([(r"/events", Replaced)]))
+    fake.add_socket(sock)
+    service = ServiceConfig("example", f"http://127.0.0.1:{port}/submit", f"http://127.0.0.1:{port}/retrieve",
+                            f"http://127.0.0.1:{port}/kill")
+    watch = asyncio.ensure_future(follow_events(server.ctx, service))
+    try:
+        await answers.put(("first", 5))
+        await wait_for(lambda: server.ctx.streams.get("example") == 0.0)  # due when the stream starts
+        server.ctx.streams["example"] = 100.0  # the getter asked
+        await answers.put(("first", 5))
+        await answers.put(("first", 7))
+        await wait_for(lambda: answers.empty())
+        await asyncio.sleep(0.05)
+        assert server.ctx.streams["example"] == 100.0  # the same client: nothing to ask
+        await answers.put(("second", 9))
+        await wait_for(lambda: server.ctx.streams.get("example") == 0.0)
+        server.ctx.streams["example"] = 100.0
+        await answers.put(("second", 2))  # a sequence that went back: the client lost its database
+        await wait_for(lambda: server.ctx.streams.get("example") == 0.0)
+    finally:
+        watch.cancel()
+        fake.stop()
+    await wait_for(lambda: "example" not in server.ctx.streams)  # a stopped watch no longer stands for the client
