@@ -3,10 +3,10 @@
 import asyncio
 import sys
 
-from bench import bigfiles, latency, queue_scale, throughput, uploads
+from bench import bigfiles, latency, queue_scale, running, throughput, uploads
 
 BENCHMARKS = {"throughput": throughput, "latency": latency, "bigfiles": bigfiles, "queue": queue_scale,
-              "uploads": uploads}
+              "uploads": uploads, "running": running}
 
 
 async def main(names: list[str]) -> None:

@@ -50,6 +50,11 @@ class Process:
     def rss(self) -> int:
         return self.ps.memory_info().rss
 
+    def cpu(self) -> float:
+        """Seconds of CPU the process has used so far."""
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
     def stop(self) -> None:
         self.popen.send_signal(signal.SIGTERM)
         self.popen.wait(30)
@@ -127,6 +132,13 @@ class Orchestrator:
         response = await self.http.fetch(request)
         assert response.code == 201, response.body
         return json.loads(response.body)["id"]
+
+    async def all_running(self, ids: list[int]) -> bool:
+        for job_id in ids:
+            response = await self.http.fetch(f"{self.server.url}/download/{job_id}")
+            if json.loads(response.body)["status"] != "Running":
+                return False
+        return True
 
     async def result(self, job_id: int) -> bytes:
         """Poll /download as a portal does until the result zip comes; return it."""

@@ -3,7 +3,7 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 
 import pytest
 
-from bench import bigfiles, floors, harness, latency, queue_scale, soak, throughput, uploads
+from bench import bigfiles, floors, harness, latency, queue_scale, running, soak, throughput, uploads
 from orch.models import server_db
 
 pytestmark = pytest.mark.slow
@@ -57,3 +57,9 @@ def test_soak(capsys):
     assert result["submitted"] > 0
     assert (result["finished"], result["lost"], result["twice"], result["leftovers"]) == (result["submitted"], 0, 0, 0)
     assert "run twice" in capsys.readouterr().out
+
+
+async def test_running(capsys):
+    result = await running.measure(jobs=5, seconds=0.3)
+    assert result["server"] >= 0 and result["client"] >= 0
+    assert "of a core" in capsys.readouterr().out
