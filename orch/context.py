@@ -128,7 +128,7 @@ class Context:
     backoff: Backoff = field(default_factory=Backoff)
     changes: Changes = field(default_factory=Changes)
     repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
-    ended_early: set[int] = field(default_factory=set)  # jobs reported ended while their send was in flight
+    changed_early: set[int] = field(default_factory=set)  # jobs whose payload changed while their send was in flight
     # Services whose client's event stream the server follows live, with when the getter last asked about all
     # their jobs (0: due at its next round); see tasks.getter.
     streams: dict[str, float] = field(default_factory=dict)

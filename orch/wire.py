@@ -54,8 +54,9 @@ class ClientAPI:
         self.auth = {"Authorization": f"Bearer {config.orch_token}"} if config.orch_token else {}
         self.tmp_path = config.tmp_path
 
-    async def submit(self, service: ServiceConfig, files: list[Path], job_key: str) -> Destination:
-        """Send the job `job_key` made of `files` to the service's client; return where it landed."""
+    async def submit(self, service: ServiceConfig, files: list[Path], job_key: str) -> tuple[Destination, str]:
+        """Send the job `job_key` made of `files` to the service's client; return where it landed and the
+        payload's status (Prepared, unless a repeated send found the first one's payload further on)."""
         boundary = uuid4().hex
         fields = {"job_key": job_key}
         if service.timeout:
@@ -83,7 +84,7 @@ class ClientAPI:
         if not isinstance(payload.get("id"), int) or payload["id"] < 1:
             raise ClientError(f"{url} answered without a payload id", 502)
         _check_job(url, response.headers, job_key)
-        return Destination(payload["id"], response.headers.get(INSTANCE_HEADER), job_key)
+        return Destination(payload["id"], response.headers.get(INSTANCE_HEADER), job_key), str(payload.get("status"))
 
     async def retrieve(self, service: ServiceConfig, dest: Destination, zip_path: Path) -> dict | None:
         """Fetch a payload: None once its result zip has been saved at `zip_path`, else its Payload JSON."""

@@ -37,13 +37,13 @@ async def send_queued(ctx: Context, now: float) -> int:
 
 
 async def send(ctx: Context, job_id: int, now: float) -> None:
-    """Send a claimed job (see `_send`); if its client reported it ended before the send was recorded (a
-    quick job on a busy server), fetch its result now rather than at the getter's next round."""
+    """Send a claimed job (see `_send`); if its payload started or ended before the send was recorded (a quick
+    job on a busy server, or a send repeated after a crash), ask about it now rather than at a getter round."""
     try:
         await _send(ctx, job_id, now)
     finally:
-        if job_id in ctx.ended_early:
-            ctx.ended_early.discard(job_id)
+        if job_id in ctx.changed_early:
+            ctx.changed_early.discard(job_id)
             if fetch(Job, job_id).status == Status.SUBMITTED:
                 poll_soon(ctx, job_id)
 
@@ -59,7 +59,7 @@ async def _send(ctx: Context, job_id: int, now: float) -> None:
     service = ctx.config.services[job.service]
     try:
         files = sorted(path for path in jobs.folder(ctx, job).iterdir() if path.is_file())
-        dest = await ctx.clients.submit(service, files, job.folder)
+        dest, payload_status = await ctx.clients.submit(service, files, job.folder)
     except ClientError as e:
         if e.transient:
             delay = ctx.backoff.failed(service.name, now)
@@ -86,3 +86,5 @@ async def _send(ctx: Context, job_id: int, now: float) -> None:
     ctx.backoff.succeeded(service.name)
     transition(Job, job_id, Status.PROCESSING, Status.SUBMITTED, ctx.clock(), "", dest_id=dest.dest_id,
                dest_instance=dest.instance)
+    if payload_status != Status.PREPARED:  # a repeated send found the payload of the first one further on
+        ctx.changed_early.add(job_id)

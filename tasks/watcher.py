@@ -15,7 +15,6 @@ log = logging.getLogger(__name__)
 
 WAIT = 25.0  # seconds a long-poll may wait for a change
 MAX_DELAY = 60.0
-WAITING = (Status.PREPARED, Status.RUNNING)  # a payload in these has nothing for the server to fetch
 BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ? AND "service" = ?'  # plain SQL: once per event
 
 
@@ -62,11 +61,12 @@ def _follow(ctx: Context, service: ServiceConfig, event: dict) -> None:
         return
     job_id, job_status = job
     status = event.get("status")
-    if status == Status.RUNNING and job_status == Status.SUBMITTED:  # recorded without asking the client
-        transition(Job, job_id, Status.SUBMITTED, Status.RUNNING, ctx.clock())
-    elif status in WAITING:
-        return
+    if status == Status.PREPARED:
+        return  # what the answer to the send says
+    if job_status == Status.PROCESSING:  # it started or ended before its send was recorded: see sender.send
+        ctx.changed_early.add(job_id)
+    elif status == Status.RUNNING:
+        if job_status == Status.SUBMITTED:  # recorded without asking the client
+            transition(Job, job_id, Status.SUBMITTED, Status.RUNNING, ctx.clock())
     elif job_status in POLLED:  # it ended: fetch its result or reason
         poll_soon(ctx, job_id)
-    elif job_status == Status.PROCESSING:  # it ended before its send was recorded: see sender.send
-        ctx.ended_early.add(job_id)

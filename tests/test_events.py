@@ -83,14 +83,34 @@ async def test_a_job_that_ends_before_its_send_is_recorded_is_fetched_as_soon_as
     assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
     payload_id = await submit(client, job_key=Job.get_by_id(job_id).folder)  # the send reached the client...
     await start_prepared(client.ctx, time.time())
-    await wait_for(lambda: job_id in server.ctx.ended_early)  # ...which ran the job and reported its end
+    await wait_for(lambda: job_id in server.ctx.changed_early)  # ...which ran the job and reported its end
     await send(server.ctx, job_id, time.time())  # the send's answer comes back: the same payload, by its key
     try:
         await wait_for(lambda: job_status(job_id) == "Completed")
     finally:
         watch.cancel()
     assert Job.get_by_id(job_id).dest_id == payload_id
-    assert server.ctx.ended_early == set()
+    assert server.ctx.changed_early == set()
+
+
+async def test_a_job_that_starts_before_its_send_is_recorded_is_running_as_soon_as_it_is(server, client, tmp_path):
+    """The same for a start: with the stream live the getter would ask only at its next sweep, so the
+    job would show Submitted for up to half a minute while it runs."""
+    watch = asyncio.ensure_future(follow_events(server.ctx, server.ctx.config.services["example"]))
+    gate = tmp_path / "gate"
+    _, body = await upload(server, script(f"while [ ! -e {gate} ]; do sleep 0.01; done\n"))
+    job_id = body["id"]
+    assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
+    await submit(client, f"while [ ! -e {gate} ]; do sleep 0.01; done\n".encode(), job_key=Job.get_by_id(job_id).folder)
+    await start_prepared(client.ctx, time.time())
+    await wait_for(lambda: job_id in server.ctx.changed_early)
+    await send(server.ctx, job_id, time.time())
+    try:
+        await wait_for(lambda: job_status(job_id) == "Running")
+    finally:
+        watch.cancel()
+        gate.touch()
+    assert server.ctx.changed_early == set()
 
 
 async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop, server):

@@ -152,6 +152,24 @@ async def test_a_send_repeated_after_a_crash_finds_the_payload_of_the_first_send
 # Identity: the server never takes another instance's or another job's payload for a job's.
 
 
+async def test_a_send_repeated_after_a_crash_that_finds_the_job_ended_fetches_it_at_once(server, client, tmp_path):
+    """The first send's payload ran to its end while the server was down: no event will ever report it to the
+    restarted server, so the repeated send's answer (the payload, Completed) has the result fetched at once."""
+    _, body = await upload(server, script(LEDGER_LINE + "echo done > out.txt\n"))
+    job_id = body["id"]
+    assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
+    job = Job.get_by_id(job_id)
+    first = await submitted(client, {path.name: path.read_bytes() for path in jobs.folder(server.ctx, job).iterdir()},
+                            job_key=job.folder)
+    await run_on_client(client, [first])
+
+    jobs.recover(server.ctx)
+    assert await send_queued(server.ctx, time.time()) == 1
+    await server.settle()  # the send, and the poll it started: no getter round
+    assert job_status(job_id) == "Completed"
+    assert len(ledger_lines(tmp_path)) == 1
+
+
 async def test_a_job_answered_by_another_client_instance_ends_unknown_without_its_result(server, client):
     job_a = await dispatched(server, script("echo a > out.txt\n"))
     job_b = await dispatched(server, script("echo b > out.txt\n"))
