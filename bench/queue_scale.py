@@ -10,7 +10,6 @@ import shutil
 import sqlite3
 import statistics
 import time
-import uuid
 from pathlib import Path
 
 from bench.harness import SCRATCH, Orchestrator, job_body, show
@@ -19,6 +18,7 @@ from orch.config import ServiceConfig
 from orch.models import Job, open_server_db, server_db, transition
 from orch.quotas import move_cursor, next_jobs
 from orch.states import Status
+from orch.storage import new_name
 
 HISTORY = 1_000_000
 QUEUED = 100_000
@@ -35,17 +35,17 @@ def fill(path: Path, history: int, queued: int, users: int) -> None:
     rng = random.Random(1)
     now = time.time()  # finished recently: the cleaner has nothing to do yet (Cleaned ones are long gone)
     with sqlite3.connect(path) as db:
-        finished = ((rng.randrange(users), SERVICE, rng.choice(["Completed", "Failed", "Cleaned"]), uuid.uuid4().hex,
+        finished = ((rng.randrange(users), SERVICE, rng.choice(["Completed", "Failed", "Cleaned"]), new_name(),
                      "", now, now, now) for _ in range(history))
         db.executemany("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at, "
                        "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", finished)
-        waiting = ((rng.randrange(users), SERVICE, "Queued", uuid.uuid4().hex, "", 1.0, 1.0)
+        waiting = ((rng.randrange(users), SERVICE, "Queued", new_name(), "", 1.0, 1.0)
                    for _ in range(queued))
         db.executemany("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", waiting)
         # The service's ten slots are taken, as in a busy day: the queue waits (and every upload still makes
         # the sender look at it). The rounds below free them first.
-        running = ((user, SERVICE, "Running", uuid.uuid4().hex, "", now, now) for user in range(10))
+        running = ((user, SERVICE, "Running", new_name(), "", now, now) for user in range(10))
         db.executemany("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", running)
 
@@ -79,8 +79,8 @@ def fairness(path: Path, users: int) -> bool:
     with sqlite3.connect(path) as db:
         db.executemany("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [(users + 1, SERVICE, "Queued", uuid.uuid4().hex, "", now, now) for _ in range(5000)]
-                       + [(users + 2, SERVICE, "Queued", uuid.uuid4().hex, "", now, now)])
+                       [(users + 1, SERVICE, "Queued", new_name(), "", now, now) for _ in range(5000)]
+                       + [(users + 2, SERVICE, "Queued", new_name(), "", now, now)])
     move_cursor(SERVICE, users + 1)
     one_slot = ServiceConfig(SERVICE, "http://x/submit", "http://x/retrieve", "http://x/kill", max_runs=1)
     ((_, user),) = next_jobs(one_slot)
@@ -99,7 +99,7 @@ async def upload_pace(path: Path | None, seconds: float) -> float:
 async def measure(history: int = HISTORY, queued: int = QUEUED, users: int = USERS, rounds: int = ROUNDS,
                   pace_seconds: float = 3.0) -> dict:
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    scratch = Path(SCRATCH / f"queue-{uuid.uuid4().hex}")
+    scratch = Path(SCRATCH / f"queue-{new_name()}")
     scratch.mkdir()
     try:
         path = scratch / "server.sqlite"

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import random
+import re
 import stat
 import threading
 import zipfile
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orch.errors import BadRequest
-from orch.storage import MAX_FIELD_SIZE, MultipartReceiver, safe_name, zip_folder
+from orch.storage import MAX_FIELD_SIZE, MultipartReceiver, new_name, safe_name, zip_folder
 from tests.conftest import WAIT_TIMEOUT, data_files, multipart
 
 BOUNDARY = "XyZ-boundary-1234"
@@ -568,3 +569,11 @@ def test_files_older_than_1980_still_zip(tmp_path):
     assert entries(tmp_path / "out.zip") == {"old_dir/": b"", "old_dir/old.txt": b"old"}
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert archive.getinfo("old_dir/old.txt").date_time == (1980, 1, 1, 0, 0, 0)
+
+
+def test_new_names_are_unique_hex_and_sort_in_the_order_they_were_made():
+    """Job folders are named so: the database's unique index of them then grows at one end."""
+    names = [new_name() for _ in range(1000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", name) for name in names)
+    assert len(set(names)) == len(names)
+    assert sorted(names, key=lambda name: name[:16]) == names  # the time first (a stable sort keeps ties)
