@@ -2,14 +2,13 @@
 
 import sqlite3
 import subprocess
-import tempfile
 import time
-import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.harness import SCRATCH, median
+from bench.harness import median, scratch
+from orch.storage import new_name
 
 
 def run_and_zip(folder: Path, script: str) -> None:
@@ -24,20 +23,20 @@ def run_and_zip(folder: Path, script: str) -> None:
 
 def one_job(script: str, times: int = 20) -> float:
     """Median seconds of `run_and_zip` for one job at a time."""
-    with tempfile.TemporaryDirectory(dir=SCRATCH) as scratch:
+    with scratch() as folder:
         durations = []
         for i in range(times):
             start = time.perf_counter()
-            run_and_zip(Path(scratch) / str(i), script)
+            run_and_zip(Path(folder) / str(i), script)
             durations.append(time.perf_counter() - start)
     return median(durations)
 
 
 def many_jobs(script: str, jobs: int, at_once: int) -> float:
     """Seconds to run and zip `jobs` jobs, `at_once` at a time."""
-    with tempfile.TemporaryDirectory(dir=SCRATCH) as scratch, ThreadPoolExecutor(at_once) as pool:
+    with scratch() as folder, ThreadPoolExecutor(at_once) as pool:
         start = time.perf_counter()
-        list(pool.map(lambda i: run_and_zip(Path(scratch) / str(i), script), range(jobs)))
+        list(pool.map(lambda i: run_and_zip(Path(folder) / str(i), script), range(jobs)))
         return time.perf_counter() - start
 
 
@@ -56,16 +55,15 @@ def disk_copy_rate(source: Path) -> float:
 def store_uploads(script: str, seconds: float = 2.0) -> float:
     """Uploads per second at the least: for each, a folder with its run.sh and a committed row (SQLite in
     WAL mode, as the server keeps its queue), with no HTTP and no parsing."""
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=SCRATCH) as scratch:
-        db = sqlite3.connect(Path(scratch) / "floor.sqlite", isolation_level=None)
+    with scratch() as root:
+        db = sqlite3.connect(Path(root) / "floor.sqlite", isolation_level=None)
         db.execute("PRAGMA journal_mode = wal")
         db.execute("PRAGMA synchronous = normal")
         db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, folder TEXT UNIQUE, status TEXT)")
         done = 0
         start = time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            folder = Path(scratch) / uuid.uuid4().hex
+            folder = Path(root) / new_name()  # named as the server names job folders
             folder.mkdir()
             (folder / "run.sh").write_text(script)
             with db:

@@ -17,13 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient
 
 ROOT = Path(__file__).resolve().parent.parent
 # Scratch space on the project's disk (set BENCH_SCRATCH to choose another): /tmp may be another disk, or
 # the same one made slow by years of small files, and every job writes a few.
 SCRATCH = Path(os.environ.get("BENCH_SCRATCH", ROOT / "bench" / ".scratch"))
 SETTLE = 0.001  # seconds between two polls of a portal waiting for its result
+
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """A new folder under SCRATCH, removed with what it holds when its `with` block ends."""
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=SCRATCH)
 
 
 def free_port() -> int:
@@ -66,8 +72,8 @@ class Orchestrator:
 
     def __init__(self, server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None,
                  server_db: Path | None = None):
-        SCRATCH.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="orchestrator-bench-", dir=SCRATCH))
+        self._scratch = scratch()
+        self.folder = Path(self._scratch.name)
         if server_db is not None:  # start the server on a copy of this database
             (self.folder / "server").mkdir()
             shutil.copy(server_db, self.folder / "server" / "server.sqlite")
@@ -100,36 +106,11 @@ class Orchestrator:
         self.http.close()
         self.server.stop()
         self.client.stop()
-        subprocess.run(["rm", "-rf", str(self.folder)], check=False)
+        self._scratch.cleanup()
 
     async def upload(self, body: bytes, content_type: str) -> int:
         response = await self.http.fetch(f"{self.server.url}/upload", method="POST", body=body,
                                          headers={"Content-Type": content_type}, request_timeout=600)
-        assert response.code == 201, response.body
-        return json.loads(response.body)["id"]
-
-    async def upload_file(self, path: Path, script: str, user_id: int = 1) -> int:
-        """Upload a job made of `script` and the file at `path`, streamed from disk; return its id."""
-        boundary = uuid.uuid4().hex
-        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="user_id"\r\n\r\n{user_id}\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="service"\r\n\r\nbench\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="run.sh"\r\n\r\n'
-                f'{script}\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n\r\n'
-                ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
-
-        async def produce(write) -> None:
-            await write(head)
-            with open(path, "rb") as source:
-                while chunk := source.read(1 << 20):
-                    await write(chunk)
-            await write(tail)
-
-        request = HTTPRequest(f"{self.server.url}/upload", method="POST", body_producer=produce, request_timeout=600,
-                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
-                                       "Content-Length": str(len(head) + path.stat().st_size + len(tail))})
-        response = await self.http.fetch(request)
         assert response.code == 201, response.body
         return json.loads(response.body)["id"]
 

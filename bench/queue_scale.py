@@ -6,13 +6,12 @@ that may start; whether uploads keep their pace against the empty queue; whether
 
 import asyncio
 import random
-import shutil
 import sqlite3
 import statistics
 import time
 from pathlib import Path
 
-from bench.harness import SCRATCH, Orchestrator, job_body, show
+from bench.harness import Orchestrator, job_body, scratch, show
 from bench.uploads import quiet_service, upload_rate
 from orch.config import ServiceConfig
 from orch.models import Job, open_server_db, server_db, transition
@@ -98,11 +97,8 @@ async def upload_pace(path: Path | None, seconds: float) -> float:
 
 async def measure(history: int = HISTORY, queued: int = QUEUED, users: int = USERS, rounds: int = ROUNDS,
                   pace_seconds: float = 3.0) -> dict:
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    scratch = Path(SCRATCH / f"queue-{new_name()}")
-    scratch.mkdir()
-    try:
-        path = scratch / "server.sqlite"
+    with scratch() as root:
+        path = Path(root) / "server.sqlite"
         start = time.perf_counter()
         fill(path, history, queued, users)
         filled = time.perf_counter() - start
@@ -113,8 +109,6 @@ async def measure(history: int = HISTORY, queued: int = QUEUED, users: int = USE
         full_rate = max(rate for database, rate in paces if database is not None)
         durations = sender_rounds(path, rounds)
         fair = fairness(path, users)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     p95 = sorted(durations)[int(0.95 * (len(durations) - 1))]
     result = {"round_median": statistics.median(durations), "round_p95": p95, "empty_rate": empty_rate,
               "full_rate": full_rate, "fair": fair}

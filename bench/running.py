@@ -14,10 +14,10 @@ async def measure(jobs: int = 200, seconds: float = 4.0) -> dict:
         while not await orch.all_running(ids):
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)  # the sweeps that follow a start are over
-        before = {name: process.cpu() for name, process in (("server", orch.server), ("client", orch.client))}
+        processes = {"server": orch.server, "client": orch.client}
+        before = {name: process.cpu() for name, process in processes.items()}
         await asyncio.sleep(seconds)
-        load = {name: (process.cpu() - before[name]) / seconds
-                for name, process in (("server", orch.server), ("client", orch.client))}
+        load = {name: (process.cpu() - before[name]) / seconds for name, process in processes.items()}
         await asyncio.gather(*(orch.http.fetch(f"{orch.server.url}/terminate/{job_id}", method="POST", body=b"",
                                                request_timeout=60) for job_id in ids))  # runs outlive a client
     show(f"running jobs: CPU while {jobs} long jobs run", [

@@ -5,11 +5,10 @@ processes left over. `python -m bench.soak [minutes]` (10 by default); not part 
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import SCRATCH, show
+from bench.harness import scratch, show
 from tests.faults.cluster import Cluster
 
 USERS = 5
@@ -24,8 +23,7 @@ def leftovers(cluster: Cluster) -> int:
 
 def measure(minutes: float = 10.0, seed: int = 1) -> dict:
     rng = random.Random(seed)
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=SCRATCH) as root:
+    with scratch() as root:
         cluster = Cluster(Path(root), SETTINGS, {"KILL_GRACE": "1"})
         cluster.start()
         kills = {"server": 0, "client": 0}

@@ -3,7 +3,7 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 
 import pytest
 
-from bench import bigfiles, floors, harness, latency, queue_scale, running, soak, throughput, uploads
+from bench import bigfiles, harness, latency, queue_scale, running, soak, throughput, uploads
 from orch.models import server_db
 
 pytestmark = pytest.mark.slow
@@ -11,8 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def scratch(tmp_path, monkeypatch):
-    for module in (harness, floors, queue_scale, soak):
-        monkeypatch.setattr(module, "SCRATCH", tmp_path)
+    monkeypatch.setattr(harness, "SCRATCH", tmp_path)
     yield
     assert list(tmp_path.iterdir()) == []  # every benchmark removes what it made
     if not server_db.is_closed():
