@@ -4,6 +4,7 @@ import asyncio
 import logging
 import time
 
+import pytest
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
@@ -74,42 +75,29 @@ async def test_the_server_learns_from_the_stream_alone_that_a_job_ran_and_finish
     assert len([record for record in caplog.records if " /retrieve/" in record.getMessage()]) == 1
 
 
-async def test_a_job_that_ends_before_its_send_is_recorded_is_fetched_as_soon_as_it_is(server, client):
-    """A quick job on a busy server: the client reports that it ended while the server still waits for the
-    answer to its send. Its result is fetched once the send is recorded, not at a getter round (none runs)."""
+@pytest.mark.parametrize(("body", "reached"), [
+    ("echo done > out.txt\n", "Completed"),
+    ("while [ ! -e ../../gate ]; do sleep 0.01; done\n", "Running"),
+], ids=["ended", "started"])
+async def test_a_job_that_changes_before_its_send_is_recorded_is_asked_about_as_soon_as_it_is(
+        server, client, tmp_path, body, reached):
+    """A quick job on a busy server: the client reports that it ended (or started) while the server still
+    waits for the answer to its send. With the stream live the getter would ask only at its next sweep, half
+    a minute later; the sender asks once the send is recorded."""
     watch = asyncio.ensure_future(follow_events(server.ctx, server.ctx.config.services["example"]))
-    _, body = await upload(server, script("echo done > out.txt\n"))
-    job_id = body["id"]
+    _, uploaded = await upload(server, script(body))
+    job_id = uploaded["id"]
     assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
-    payload_id = await submit(client, job_key=Job.get_by_id(job_id).folder)  # the send reached the client...
+    payload_id = await submit(client, body.encode(), job_key=Job.get_by_id(job_id).folder)  # the send arrived...
     await start_prepared(client.ctx, time.time())
-    await wait_for(lambda: job_id in server.ctx.changed_early)  # ...which ran the job and reported its end
+    await wait_for(lambda: job_id in server.ctx.changed_early)  # ...and the client reported the change
     await send(server.ctx, job_id, time.time())  # the send's answer comes back: the same payload, by its key
     try:
-        await wait_for(lambda: job_status(job_id) == "Completed")
+        await wait_for(lambda: job_status(job_id) == reached)
     finally:
         watch.cancel()
+        (tmp_path / "gate").touch()
     assert Job.get_by_id(job_id).dest_id == payload_id
-    assert server.ctx.changed_early == set()
-
-
-async def test_a_job_that_starts_before_its_send_is_recorded_is_running_as_soon_as_it_is(server, client, tmp_path):
-    """The same for a start: with the stream live the getter would ask only at its next sweep, so the
-    job would show Submitted for up to half a minute while it runs."""
-    watch = asyncio.ensure_future(follow_events(server.ctx, server.ctx.config.services["example"]))
-    gate = tmp_path / "gate"
-    _, body = await upload(server, script(f"while [ ! -e {gate} ]; do sleep 0.01; done\n"))
-    job_id = body["id"]
-    assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
-    await submit(client, f"while [ ! -e {gate} ]; do sleep 0.01; done\n".encode(), job_key=Job.get_by_id(job_id).folder)
-    await start_prepared(client.ctx, time.time())
-    await wait_for(lambda: job_id in server.ctx.changed_early)
-    await send(server.ctx, job_id, time.time())
-    try:
-        await wait_for(lambda: job_status(job_id) == "Running")
-    finally:
-        watch.cancel()
-        gate.touch()
     assert server.ctx.changed_early == set()
 
 
@@ -129,7 +117,6 @@ async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop
         await asyncio.wait_for(follow_events(server.ctx, service), 30)
     finally:
         original.stop()
-
 
 
 async def test_while_a_stream_is_live_the_getter_leaves_running_jobs_to_it(nodes, tmp_path, caplog):
