@@ -7,9 +7,11 @@ folder), then environment variables, then flags; the Config they make is passed 
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 
 from dotenv import dotenv_values
@@ -61,22 +63,42 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("peewee").setLevel(max(logging.INFO, logging.getLevelName(config.log_level)))  # no SQL
     try:
         asyncio.run(serve(config))
-    except (OSError, ValueError) as e:  # port taken, database or data folder unusable
+    except ValueError as e:  # port taken, database or data folder in use or unusable
         print(f"orchestrator {args.mode}: {e}", file=sys.stderr)
         return 1
     return 0
 
 
+def listen(config: Config) -> list[socket.socket]:
+    """Claim the port (before anything on disk is touched, so that a start that fails changes nothing);
+    ValueError naming HOST or PORT when it cannot be had."""
+    try:
+        return bind_sockets(config.port, config.host)
+    except socket.gaierror as e:
+        raise ValueError(f"HOST is {config.host!r}, which is not an address of this machine: {e.strerror}") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ValueError(f"PORT {config.port} is already in use on {config.host} (another orchestrator, or "
+                             f"another program): stop it or choose another PORT") from None
+        raise ValueError(f"cannot listen on HOST {config.host!r}, PORT {config.port}: {e.strerror}") from None
+
+
 async def serve(config: Config) -> None:
-    """Open the database, recover, listen, run the tasks; return after SIGINT or SIGTERM."""
+    """Listen, lock and open the database and data folder, recover, run the tasks; return after SIGINT or
+    SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)  # before anything else: a stop is never missed
-    ctx = open_node(config)
+    sockets = listen(config)
+    try:
+        ctx = open_node(config)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     server = HTTPServer(make_app(ctx), max_body_size=MAX_BUFFERED_BODY, idle_connection_timeout=IDLE_TIMEOUT,
                         body_timeout=BODY_TIMEOUT, chunk_size=CHUNK_SIZE)
-    sockets = bind_sockets(config.port, config.host)
     server.add_sockets(sockets)
     log.info("%s listening on http://%s:%d (API documentation at /swagger-ui/)", config.mode, config.host,
              sockets[0].getsockname()[1])
@@ -92,7 +114,7 @@ async def serve(config: Config) -> None:
     pending = [ctx.inflight.get(key) for key in ctx.inflight.keys("send") + ctx.inflight.keys("poll")]
     closing = asyncio.ensure_future(server.close_all_connections())
     await asyncio.wait([task for task in pending if task] + [closing], timeout=SHUTDOWN_GRACE)
-    ctx.http.close()
+    ctx.close()
 
 
 if __name__ == "__main__":

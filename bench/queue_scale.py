@@ -14,7 +14,8 @@ from pathlib import Path
 from bench.harness import Orchestrator, job_body, scratch, show
 from bench.uploads import quiet_service, upload_rate
 from orch.config import ServiceConfig
-from orch.models import Job, open_server_db, server_db, transition
+from orch.database import open_server_db
+from orch.models import Job, server_db, transition
 from orch.quotas import move_cursor, next_jobs
 from orch.states import Status
 from orch.storage import new_name

@@ -17,6 +17,35 @@ SERVICE_VARIABLE = re.compile(rf"SERVICE_(?P<name>[A-Za-z0-9_]+?)_(?P<setting>{'
 
 
 @dataclass(frozen=True)
+class ClientConfig:
+    """Where one client listens: the original's three URLs, and the endpoints derived from them."""
+
+    upload_url: str
+    download_url: str
+    terminate_url: str
+
+    @classmethod
+    def at(cls, address: str) -> "ClientConfig":
+        """The client whose endpoints are under `address` (`http://node1:9000`), named as this project's are."""
+        return cls(f"{address}/submit", f"{address}/retrieve", f"{address}/kill")
+
+    @property
+    def address(self) -> str:
+        """What names the client on a job: its download URL without the last segment (`http://node1:9000`)."""
+        return sibling_url(self.download_url, "").rstrip("/")
+
+    @property
+    def partial_url(self) -> str:
+        """The download URL with its last path segment replaced by `retrieve_partial` (as the original does)."""
+        return sibling_url(self.download_url, "retrieve_partial")
+
+    @property
+    def events_url(self) -> str:
+        """The client's event stream, beside its `/retrieve`."""
+        return sibling_url(self.download_url, "events")
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Where a service's client listens and how many of its jobs may run at once."""
 
@@ -29,14 +58,8 @@ class ServiceConfig:
     timeout: int | None = None  # walltime of a job in seconds; None: no limit
 
     @property
-    def partial_url(self) -> str:
-        """The download URL with its last path segment replaced by `retrieve_partial` (as the original does)."""
-        return sibling_url(self.download_url, "retrieve_partial")
-
-    @property
-    def events_url(self) -> str:
-        """The client's event stream, beside its `/retrieve`."""
-        return sibling_url(self.download_url, "events")
+    def client(self) -> ClientConfig:
+        return ClientConfig(self.upload_url, self.download_url, self.terminate_url)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from orch.config import Config
 from orch.errors import OrchError
+from orch.ownership import Ownership
 from orch.wire import ClientAPI
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,14 @@ class Context:
     streams: dict[str, float] = field(default_factory=dict)
     wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
     instance: str = ""  # a client's instance id (see orch.models.Instance)
+    owner: Ownership | None = None  # the locks on the database and the data folder
+
+    def close(self) -> None:
+        """Give back what the process holds: its HTTP client and its locks."""
+        if self.http is not None:
+            self.http.close()
+        if self.owner is not None:
+            self.owner.release()
 
     def wake(self, task: str) -> None:
         """Run the named task now rather than at its next beat (no-op when tasks are not scheduled)."""

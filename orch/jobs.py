@@ -10,10 +10,11 @@ import re
 import shutil
 from pathlib import Path
 
-from orch import storage
+from orch import ownership, storage
+from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
-from orch.models import Job, create, fetch, transition
+from orch.models import Job, create, fetch, set_values, transition
 from orch.states import Status
 from orch.wire import GONE, Destination
 
@@ -30,6 +31,16 @@ def folder(ctx: Context, job: Job) -> Path:
 
 def result_file(ctx: Context, job: Job) -> Path:
     return ctx.data_path / f"{job.folder}.zip"
+
+
+def client_of(ctx: Context, job: Job) -> ClientConfig | None:
+    """The client a dispatched job was sent to: as configured if its service still lists it, else at the
+    address recorded on the job, so it is followed to its end whatever became of the configuration. None for a
+    job sent by a version that did not record it, whose service is gone."""
+    service = ctx.config.services.get(job.service)
+    if service is not None and job.client in (None, service.client.address):
+        return service.client
+    return ClientConfig.at(job.client) if job.client else None
 
 
 def destination(job: Job) -> Destination:
@@ -103,11 +114,11 @@ async def _kill_on_client(ctx: Context, job: Job) -> Job:
     previous = Status(job.status)
     if previous == Status.LOCKED or not transition(Job, job.id, previous, Status.LOCKED, ctx.clock()):
         raise Conflict(f"job {job.id} is being terminated already", job.id, Status.LOCKED)
-    service = ctx.config.services.get(job.service)
+    client = client_of(ctx, job)
     try:
-        if service is None:
+        if client is None:
             raise ClientError(f"service {job.service!r} is no longer configured", 502)
-        answer = await ctx.clients.kill(service, destination(job))
+        answer = await ctx.clients.kill(client, destination(job))
     except ClientError as e:
         if e.code in (404, GONE):  # the client does not have the payload: nothing of it runs there
             transition(Job, job.id, Status.LOCKED, Status.KILLED, ctx.clock(), "job terminated")
@@ -134,13 +145,13 @@ async def fetch_partial(ctx: Context, job: Job) -> Path:
     """
     if job.dest_id is None:
         raise NotFound("Job payload not found on client", job.id, job.status)
-    service = ctx.config.services.get(job.service)
-    if service is None:
+    client = client_of(ctx, job)
+    if client is None:
         raise BadRequest("Invalid service configuration", job.id, job.status)
     ctx.tmp_path.mkdir(parents=True, exist_ok=True)
     spool = ctx.tmp_path / f"partial-{job.id}-{storage.new_name()}.zip"
     try:
-        await ctx.clients.retrieve_partial(service, destination(job), spool)
+        await ctx.clients.retrieve_partial(client, destination(job), spool)
     except ClientError as e:
         if e.code in (404, GONE):
             raise NotFound("Job payload not found on client", job.id, job.status) from None
@@ -149,28 +160,45 @@ async def fetch_partial(ctx: Context, job: Job) -> Path:
     return spool
 
 
+def kept() -> bool:
+    """Whether the database holds a job whose files are kept (any that is not Cleaned)."""
+    return Job.select().where(Job.status != Status.CLEANED.value).exists()
+
+
+def has_folders(data_path: Path) -> bool:
+    """Whether `data_path` holds job folders or results."""
+    return any(_is_job_entry(entry) for entry in data_path.iterdir())
+
+
+def _is_job_entry(entry: Path) -> bool:
+    return FOLDER_NAME.fullmatch(entry.name.removesuffix(".zip")) is not None
+
+
 def recover(ctx: Context) -> None:
     """Make the database and the disk consistent after a stop or a crash, before serving.
 
     Jobs caught half-way through a send go back to the queue; a terminate that was cut short leaves its job
-    dispatched (the getter resumes it); queued jobs of a service no longer configured fail with that reason;
-    folders and results that belong to no job (an upload cut short) are removed.
+    dispatched (the getter resumes it). Queued jobs of a service that is not configured wait, saying so, until
+    it is. Folders and results that belong to no job (an upload cut short) are quarantined, never deleted.
     """
     now = ctx.clock()
     for job in Job.select(Job.id).where(Job.status == Status.PROCESSING.value):
         transition(Job, job.id, Status.PROCESSING, Status.QUEUED, now, "the server restarted while sending it")
     for job in Job.select(Job.id).where(Job.status == Status.LOCKED.value):
         transition(Job, job.id, Status.LOCKED, Status.SUBMITTED, now, "the server restarted during a terminate")
-    unknown = Job.select(Job.id, Job.service).where(Job.status == Status.QUEUED.value,
+    waiting = Job.select(Job.id, Job.service).where(Job.status == Status.QUEUED.value,
                                                     Job.service.not_in(list(ctx.config.services)))
-    for job in unknown:
-        transition(Job, job.id, Status.QUEUED, Status.FAILED, now,
-                   f"service {job.service!r} is not configured on this server")
+    missing: dict[str, int] = {}
+    for job in waiting:
+        missing[job.service] = missing.get(job.service, 0) + 1
+        set_values(Job, job.id, message=f"waiting: service {job.service!r} is not configured on this server")
+    for name, count in sorted(missing.items()):
+        log.warning("%d queued jobs of service %r wait: it is not configured (SERVICE_%s_...)", count, name,
+                    name.upper())
+    for name, service in ctx.config.services.items():  # sent by a version that did not record the client
+        Job.update(client=service.client.address).where(Job.service == name, Job.client.is_null(),
+                                                         Job.dest_id.is_null(False)).execute()
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
-    ctx.data_path.mkdir(parents=True, exist_ok=True)
-    for entry in ctx.data_path.iterdir():
-        name = entry.name.removesuffix(".zip")
-        if FOLDER_NAME.fullmatch(name) and not Job.select().where(
-                Job.folder == name, Job.status != Status.CLEANED.value).exists():
-            log.info("removing %s: it belongs to no job", entry)
-            storage.remove(entry)
+    strays = [entry for entry in ctx.data_path.iterdir() if _is_job_entry(entry) and not Job.select().where(
+        Job.folder == entry.name.removesuffix(".zip"), Job.status != Status.CLEANED.value).exists()]
+    ownership.quarantine(ctx.data_path, strays, now, "they belong to no job")

@@ -1,13 +1,10 @@
-"""Peewee models of both modes, database start-up, and `transition()`, the only way a status changes.
+"""Peewee models of both modes, and `transition()`, the only way a status changes.
 
 The server's jobs and the client's payloads live in two databases (`server_db`, `client_db`) so that both
-modes can run in one process (the integration tests do). Each is initialised once at start-up by
-`open_server_db` / `open_client_db`.
+modes can run in one process (the integration tests do). Each is opened once at start-up by `orch.database`.
 """
 
 import functools
-import uuid
-from pathlib import Path
 
 from peewee import (
     BooleanField,
@@ -24,18 +21,6 @@ from peewee import (
 
 from orch.errors import InvalidTransition
 from orch.states import FINISHED, JOB_STATUSES, JOB_TRANSITIONS, PAYLOAD_STATUSES, PAYLOAD_TRANSITIONS, Status
-
-SCHEMA_VERSION = 1
-PRAGMAS = {
-    "journal_mode": "wal",
-    # With WAL, NORMAL keeps every commit across a crash of the process (not of the machine) at a
-    # fraction of FULL's cost: uploads are acknowledged only after their row is committed.
-    "synchronous": "normal",
-    "foreign_keys": 1,
-    # 64 MiB of page cache (SQLite's default is 2 MiB): with a million jobs, the indexes an upload updates
-    # stay in memory instead of being read back at every insert.
-    "cache_size": -64 * 1024,
-}
 
 server_db = SqliteDatabase(None)
 client_db = SqliteDatabase(None)
@@ -55,6 +40,7 @@ class Job(Model):
     folder = CharField()  # name of the job's folder under DATA_PATH
     dest_id = IntegerField(null=True)  # payload id on the service's client once submitted
     dest_instance = CharField(null=True)  # the instance id of that client, when it says it
+    client = CharField(null=True)  # the address of the client it was sent to: followed there whatever the config
     message = TextField(default="")
     created_at = FloatField()
     updated_at = FloatField()
@@ -150,6 +136,25 @@ class PayloadEvent(Model):
         table_name = "payload_events"
 
 
+class Fact(Model):
+    """A fact about a database itself: its schema version, the identity it shares with its data folder."""
+
+    key = CharField(primary_key=True)
+    value = TextField()
+
+
+class ServerFact(Fact):
+    class Meta:
+        database = server_db
+        table_name = "meta"
+
+
+class ClientFact(Fact):
+    class Meta:
+        database = client_db
+        table_name = "meta"
+
+
 class PayloadTransition(Model):
     src = CharField()
     dst = CharField()
@@ -165,48 +170,6 @@ MACHINES = {
     Job: (JobEvent, JobTransition, frozenset(JOB_TRANSITIONS)),
     Payload: (PayloadEvent, PayloadTransition, frozenset(PAYLOAD_TRANSITIONS)),
 }
-
-
-def open_server_db(path: Path) -> SqliteDatabase:
-    return _open(server_db, path, Job, [Cursor])
-
-
-def open_client_db(path: Path) -> SqliteDatabase:
-    db = _open(client_db, path, Payload, [Instance])
-    if not Instance.select().exists():
-        Instance.create(id=uuid.uuid4().hex)
-    return db
-
-
-def client_instance() -> str:
-    return Instance.get().id
-
-
-def _open(db: SqliteDatabase, path: Path, model: type[Model], others: list[type[Model]]) -> SqliteDatabase:
-    """Open (creating if needed) the database at `path`, its tables, and the transition guard."""
-    events, transitions, pairs = MACHINES[model]
-    if not db.is_closed():
-        db.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db.init(str(path), pragmas=PRAGMAS, timeout=5)
-    db.connect()
-    version = db.execute_sql("PRAGMA user_version").fetchone()[0]
-    if version not in (0, SCHEMA_VERSION):
-        raise ValueError(f"DB_PATH {path} has schema version {version}; this version reads {SCHEMA_VERSION}")
-    with db.atomic():
-        db.create_tables([model, events, transitions, *others])
-        transitions.delete().execute()
-        transitions.insert_many([(src.value, dst.value) for src, dst in pairs],
-                                fields=[transitions.src, transitions.dst]).execute()
-        table, guard = model._meta.table_name, transitions._meta.table_name
-        db.execute_sql(
-            f"CREATE TRIGGER IF NOT EXISTS {table}_status_guard BEFORE UPDATE OF status ON {table} "
-            f"WHEN NEW.status IS NOT OLD.status AND NOT EXISTS "
-            f"(SELECT 1 FROM {guard} WHERE src = OLD.status AND dst = NEW.status) "
-            f"BEGIN SELECT RAISE(ABORT, 'illegal status transition'); END"
-        )
-        db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    return db
 
 
 # The hot paths (every request and every status change) run statements built once per model and set of

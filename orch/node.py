@@ -1,33 +1,62 @@
-"""Bringing up one process of either mode: its database, recovery, and (client) process handling.
+"""Bringing up one process of either mode: its locks, its database, recovery, and (client) process handling.
 
 Shared by `orchestrator.py` and the tests, so that both start exactly the same way.
 """
 
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
 import psutil
+from peewee import Model
 from tornado.httpclient import AsyncHTTPClient
 from tornado.process import Subprocess
 
-from orch import jobs, payloads, processes
+from orch import database, jobs, ownership, payloads, processes
 from orch.config import Config
 from orch.context import Context
-from orch.models import client_instance, open_client_db, open_server_db
+from orch.models import ClientFact, ServerFact
 
 MAX_RESPONSE_BODY = 2**40  # result zips stream to disk: no practical limit
 
 
 def open_node(config: Config) -> Context:
-    """Open the mode's database and make it consistent with the disk; return the context to serve with.
-    Call it with the IOLoop running (a client installs its SIGCHLD handling on it)."""
-    http = AsyncHTTPClient(force_instance=True, max_clients=100, max_body_size=MAX_RESPONSE_BODY)
-    ctx = Context(config, http=http)
-    if config.mode == "server":
-        open_server_db(config.db_path)
-        jobs.recover(ctx)
-    else:
-        open_client_db(config.db_path)
-        ctx.instance = client_instance()
-        payloads.recover(ctx)
-        processes.become_subreaper()
-        Subprocess.initialize()
-        psutil.cpu_percent(interval=None)  # /load reports the use since the previous call: start counting
+    """Lock the mode's database and data folder, open the database, check that the two belong together, and
+    make them consistent; return the context to serve with (`ctx.close()` gives the locks back).
+
+    Call it with the IOLoop running (a client installs its SIGCHLD handling on it) and the port already
+    bound, so that a start that fails changes nothing. Raises ValueError with one line naming the setting."""
+    owner = ownership.claim(config.db_path, config.data_path)
+    try:
+        http = AsyncHTTPClient(force_instance=True, max_clients=100, max_body_size=MAX_RESPONSE_BODY)
+        ctx = Context(config, http=http, owner=owner)
+        if config.mode == "server":
+            _open(config, database.open_server_db, ServerFact, jobs, "job")
+            jobs.recover(ctx)
+        else:
+            _open(config, database.open_client_db, ClientFact, payloads, "payload")
+            ctx.instance = database.client_instance()
+            payloads.recover(ctx)
+            processes.become_subreaper()
+            Subprocess.initialize()
+            psutil.cpu_percent(interval=None)  # /load reports the use since the previous call: start counting
+    except BaseException:
+        owner.release()
+        raise
     return ctx
+
+
+def _open(config: Config, opener: Callable[[Path], None], facts: type[Model], domain: ModuleType,
+          kind: str) -> None:
+    """Open the database with `opener` and pair it with the data folder (see `orch.ownership.check`); `domain`
+    (`orch.jobs` or `orch.payloads`) tells what of theirs they hold. A database that does not exist yet is not
+    created for a data folder that belongs to another one."""
+    has_files = domain.has_folders(config.data_path)
+    if not config.db_path.exists():
+        ownership.check(None, False, has_files, config.db_path, config.data_path, kind)
+    opener(config.db_path)
+    stored = database.fact(facts, database.IDENTITY)
+    identity = ownership.check(stored, domain.kept(), has_files, config.db_path, config.data_path, kind)
+    if identity is not None:
+        database.set_fact(facts, database.IDENTITY, identity)
+        ownership.mark(config.data_path, identity)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tornado.ioloop import IOLoop
 
-from orch import processes, storage
+from orch import ownership, processes, storage
 from orch.context import Context
 from orch.errors import BadRequest, NotFound
 from orch.models import Payload, client_db, create, fetch, set_values, transition
@@ -167,20 +167,27 @@ def _in_executor(function, *args) -> asyncio.Future:
     return IOLoop.current().run_in_executor(None, function, *args)
 
 
+def kept() -> bool:
+    """Whether the database holds a payload whose files are kept (any that is not Cleaned)."""
+    return Payload.select().where(Payload.status != Status.CLEANED.value).exists()
+
+
+def has_folders(data_path: Path) -> bool:
+    """Whether `data_path` holds payload folders."""
+    return any(entry.name.isdigit() for entry in data_path.iterdir())
+
+
 def recover(ctx: Context) -> None:
-    """Make the disk consistent with the database before serving: scratch space emptied, folders and
-    control files that belong to no live payload removed. (Running payloads are picked up by the runner.)"""
+    """Make the disk consistent with the database before serving: scratch space emptied; folders and control
+    files that belong to no live payload quarantined, never deleted. (Running payloads are picked up by the
+    runner.)"""
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     control_path(ctx).mkdir(parents=True, exist_ok=True)
     kept = {str(payload_id) for (payload_id,) in
             Payload.select(Payload.id).where(Payload.status != Status.CLEANED.value).tuples()}
-    for entry in ctx.data_path.iterdir():
-        if entry.name.isdigit() and entry.name not in kept:
-            log.info("removing %s: it belongs to no payload", entry)
-            storage.remove(entry)
-    for entry in control_path(ctx).iterdir():
-        if entry.name.split(".")[0] not in kept:
-            entry.unlink(missing_ok=True)
+    strays = [entry for entry in ctx.data_path.iterdir() if entry.name.isdigit() and entry.name not in kept]
+    strays += [entry for entry in control_path(ctx).iterdir() if entry.name.split(".")[0] not in kept]
+    ownership.quarantine(ctx.data_path, strays, ctx.clock(), "they belong to no payload")
 
 
 def remove_files(ctx: Context, payload_id: int) -> None:

@@ -24,7 +24,7 @@ from uuid import uuid4
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 
-from orch.config import Config, ServiceConfig
+from orch.config import ClientConfig, Config
 from orch.errors import ClientError
 from orch.storage import COPY_CHUNK
 
@@ -54,13 +54,15 @@ class ClientAPI:
         self.auth = {"Authorization": f"Bearer {config.orch_token}"} if config.orch_token else {}
         self.tmp_path = config.tmp_path
 
-    async def submit(self, service: ServiceConfig, files: list[Path], job_key: str) -> tuple[Destination, str]:
-        """Send the job `job_key` made of `files` to the service's client; return where it landed and the
-        payload's status (Prepared, unless a repeated send found the first one's payload further on)."""
+    async def submit(self, client: ClientConfig, files: list[Path], job_key: str,
+                     timeout: int | None) -> tuple[Destination, str]:
+        """Send the job `job_key` made of `files` (with its walltime `timeout`) to `client`; return where it
+        landed and the payload's status (Prepared, unless a repeated send found the first one's payload further
+        on)."""
         boundary = uuid4().hex
         fields = {"job_key": job_key}
-        if service.timeout:
-            fields["timeout"] = str(service.timeout)
+        if timeout:
+            fields["timeout"] = str(timeout)
         head = b"".join(_field(boundary, name, value) for name, value in fields.items())
         heads = [_part_head(boundary, path.name) for path in files]
         tail = f"--{boundary}--\r\n".encode()
@@ -78,7 +80,7 @@ class ClientAPI:
             await write(tail)
 
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)}
-        url = service.upload_url
+        url = client.upload_url
         response = await self._fetch(url, method="POST", headers=headers, body_producer=produce)
         payload = _answer(url, response.code, response.body)
         if not isinstance(payload.get("id"), int) or payload["id"] < 1:
@@ -86,27 +88,27 @@ class ClientAPI:
         _check_job(url, response.headers, job_key)
         return Destination(payload["id"], response.headers.get(INSTANCE_HEADER), job_key), str(payload.get("status"))
 
-    async def retrieve(self, service: ServiceConfig, dest: Destination, zip_path: Path) -> dict | None:
+    async def retrieve(self, client: ClientConfig, dest: Destination, zip_path: Path) -> dict | None:
         """Fetch a payload: None once its result zip has been saved at `zip_path`, else its Payload JSON."""
-        return await self._download(f"{service.download_url}/{dest.dest_id}", dest, zip_path, zip_required=False)
+        return await self._download(f"{client.download_url}/{dest.dest_id}", dest, zip_path, zip_required=False)
 
-    async def retrieve_partial(self, service: ServiceConfig, dest: Destination, zip_path: Path) -> None:
+    async def retrieve_partial(self, client: ClientConfig, dest: Destination, zip_path: Path) -> None:
         """Save a zip of the payload's folder as it is now at `zip_path`."""
-        await self._download(f"{service.partial_url}/{dest.dest_id}", dest, zip_path, zip_required=True)
+        await self._download(f"{client.partial_url}/{dest.dest_id}", dest, zip_path, zip_required=True)
 
-    async def kill(self, service: ServiceConfig, dest: Destination) -> dict:
+    async def kill(self, client: ClientConfig, dest: Destination) -> dict:
         """Kill the payload on its client; return its Payload JSON (empty from clients that send no body)."""
-        url = f"{service.terminate_url}/{dest.dest_id}"
+        url = f"{client.terminate_url}/{dest.dest_id}"
         response = await self._fetch(url, headers=_expect(dest), method="POST", body=b"")
         answer = _answer(url, response.code, response.body, empty_ok=True)
         _check_identity(url, response.headers, dest)
         return answer
 
-    async def events(self, service: ServiceConfig, after: int | None, wait: float) -> tuple[str, int, list[dict]]:
+    async def events(self, client: ClientConfig, after: int | None, wait: float) -> tuple[str, int, list[dict]]:
         """The client's instance id, its payload status changes after `after` (waiting up to `wait` seconds for
         some), and the point to ask from next time. ClientError 404 from clients that have no event stream."""
         query = f"?wait={wait:g}" + ("" if after is None else f"&after={after}")
-        url = f"{service.events_url}{query}"
+        url = f"{client.events_url}{query}"
         response = await self._fetch(url, request_timeout=wait + self.request_timeout)
         answer = _answer(url, response.code, response.body)
         if not isinstance(answer.get("last"), int) or not isinstance(answer.get("events"), list):

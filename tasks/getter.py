@@ -72,30 +72,30 @@ async def poll_once(ctx: Context, job_id: int, now: float) -> None:
     status = Status(job.status)
     if status not in POLLED:
         return  # it ended meanwhile
-    service = ctx.config.services.get(job.service)
-    if service is None:
+    client = jobs.client_of(ctx, job)
+    if client is None:
         _finish(ctx, job, status, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
         return
     try:
-        answer = await ctx.clients.retrieve(service, jobs.destination(job), jobs.result_file(ctx, job))
+        answer = await ctx.clients.retrieve(client, jobs.destination(job), jobs.result_file(ctx, job))
     except ClientError as e:
         if e.code == 404:
             _finish(ctx, job, status, Status.UNKNOWN, f"the client no longer knows this job (payload {job.dest_id})")
         elif e.code == GONE:
             _finish(ctx, job, status, Status.UNKNOWN, e.message)
         else:
-            ctx.backoff.failed(service.name, now)
-            down = ctx.backoff.down_for(service.name, now)
+            ctx.backoff.failed(job.service, now)
+            down = ctx.backoff.down_for(job.service, now)
             if down >= ctx.config.client_lost_after:
                 _finish(ctx, job, status, Status.UNKNOWN,
-                        f"lost contact with the {service.name} client for {down:.0f} s: {e.message}")
+                        f"lost contact with the {job.service} client for {down:.0f} s: {e.message}")
             else:
                 log.warning("getter: job %s: %s", job_id, e.message)
         return
     except Exception:
         log.exception("getter: job %s failed", job_id)
         return
-    ctx.backoff.succeeded(service.name)
+    ctx.backoff.succeeded(job.service)
     if answer is None:
         _finish(ctx, job, status, Status.COMPLETED, "")
         return

@@ -27,7 +27,8 @@ async def send_queued(ctx: Context, now: float) -> int:
         if not picks:
             continue
         with server_db.atomic():
-            mine = [(job, user) for job, user in picks if transition(Job, job, Status.QUEUED, Status.PROCESSING, now)]
+            mine = [(job, user) for job, user in picks
+                    if transition(Job, job, Status.QUEUED, Status.PROCESSING, now, message="")]
             if mine:
                 move_cursor(name, mine[-1][1])
         claimed += [job for job, _ in mine]
@@ -59,7 +60,7 @@ async def _send(ctx: Context, job_id: int, now: float) -> None:
     service = ctx.config.services[job.service]
     try:
         files = sorted(path for path in jobs.folder(ctx, job).iterdir() if path.is_file())
-        dest, payload_status = await ctx.clients.submit(service, files, job.folder)
+        dest, payload_status = await ctx.clients.submit(service.client, files, job.folder, service.timeout)
     except ClientError as e:
         if e.transient:
             delay = ctx.backoff.failed(service.name, now)
@@ -85,6 +86,6 @@ async def _send(ctx: Context, job_id: int, now: float) -> None:
         return
     ctx.backoff.succeeded(service.name)
     transition(Job, job_id, Status.PROCESSING, Status.SUBMITTED, ctx.clock(), "", dest_id=dest.dest_id,
-               dest_instance=dest.instance)
+               dest_instance=dest.instance, client=service.client.address)
     if payload_status != Status.PREPARED:  # a repeated send found the payload of the first one further on
         ctx.changed_early.add(job_id)

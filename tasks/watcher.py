@@ -32,7 +32,7 @@ async def follow_events(ctx: Context, service: ServiceConfig) -> None:
     try:
         while True:
             try:
-                answered_by, last, events = await ctx.clients.events(service, after, WAIT)
+                answered_by, last, events = await ctx.clients.events(service.client, after, WAIT)
             except ClientError as e:
                 ctx.streams.pop(service.name, None)
                 if e.code in (404, 405):

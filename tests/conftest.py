@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 from tornado.httpclient import HTTPResponse
 from tornado.httpserver import HTTPServer
@@ -21,7 +22,7 @@ from tornado.process import Subprocess
 from tornado.testing import bind_unused_port
 
 from handlers import make_app
-from orch import payloads, processes
+from orch import ownership, payloads, processes
 from orch.config import Config, load
 from orch.context import Context
 from orch.models import Job, Payload, client_db, server_db
@@ -69,9 +70,11 @@ class Node:
         await asyncio.wait_for(self.ctx.inflight.wait(), WAIT_TIMEOUT)
 
     def stop(self) -> None:
+        """Stop serving and give the database and data folder back (another node may open them)."""
         for beat in self.beats:
             beat.stop()
         self.http_server.stop()
+        self.ctx.owner.release()
 
 
 @pytest.fixture
@@ -108,14 +111,46 @@ def nodes(io_loop, tmp_path):
             if node.config.mode == "client" and not client_db.is_closed():
                 for payload in Payload.select().where(Payload.status == Status.RUNNING.value):
                     await processes.kill_tree(payloads.run_of(node.ctx, payload), 0)
+                processes.sweep(node.ctx.instance, set())  # and any other process of its runs, whatever its state
             await asyncio.wait_for(node.ctx.inflight.wait(), WAIT_TIMEOUT)
             await node.http_server.close_all_connections()
-            node.ctx.http.close()
+            node.ctx.close()
 
     io_loop.run_sync(teardown)
     for db in (server_db, client_db):
         if not db.deferred:
             db.close()
+
+
+def pytest_sessionstart(session):
+    """Have every process the suite starts, even one that leaves its parent, end up a child of this one, so
+    that the check below sees it."""
+    processes.become_subreaper()
+
+
+LEFTOVERS: list[str] = []
+
+
+def pytest_sessionfinish(session):
+    """Fail the run if anything the suite started is still alive once every test and fixture ended; name it,
+    then kill it, so that nothing outlives the suite."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            LEFTOVERS.append(f"pid {child.pid}: {' '.join(child.cmdline())[:200]}")
+            child.kill()
+        except psutil.Error:
+            pass
+    if LEFTOVERS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if LEFTOVERS:
+        terminalreporter.section("processes left running by the suite (now killed)", red=True)
+        for line in LEFTOVERS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
@@ -206,5 +241,7 @@ def script(body: str) -> dict[str, bytes]:
 
 
 def data_files(root: Path) -> list[str]:
-    """Every file under `root`, relative, sorted (to check that nothing is left behind)."""
-    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+    """Every file under the data folder `root`, relative, sorted (to check that nothing is left behind), but
+    its lock and identity."""
+    own = {root / ownership.LOCK, root / ownership.IDENTITY}
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file() and path not in own)

@@ -114,7 +114,7 @@ async def test_clean_payloads_removes_folders_and_control_files_of_finished_payl
     await wait_for(lambda: payload_status(running) == "Completed")
 
 
-async def test_server_recovery_removes_stray_job_folders_and_unsticks_jobs(nodes, client):
+async def test_server_recovery_quarantines_stray_job_folders_and_unsticks_jobs(nodes, client):
     first = nodes("server", **services(client), **services(client, "retired"))
     now = time.time()
     queued = await job_in(first, S.QUEUED, now)
@@ -135,6 +135,8 @@ async def test_server_recovery_removes_stray_job_folders_and_unsticks_jobs(nodes
     second = nodes("server", **services(client))  # same DB_PATH and DATA_PATH; recovery runs at start-up
     assert second.config.data_path == data
     assert not stray.exists()
+    (kept,) = (data / ".quarantine").iterdir()
+    assert kept.name.endswith(stray.name) and (kept / "input" / "run.sh").read_text() == "exit 0\n"
     assert (data / "db.sqlite").read_text() == "an operator's file"
     assert (data / "archive" / "notes.txt").is_file()
     assert not (data / ".tmp").exists()
@@ -145,12 +147,25 @@ async def test_server_recovery_removes_stray_job_folders_and_unsticks_jobs(nodes
     requeued = Job.get_by_id(processing.id)
     assert (requeued.status, requeued.dest_id) == ("Queued", None)
     assert Job.get_by_id(locked.id).status == "Submitted"
-    failed = Job.get_by_id(retired.id)
-    assert failed.status == "Failed"
-    assert "retired" in failed.message and "not configured" in failed.message
+    waiting = Job.get_by_id(retired.id)
+    assert waiting.status == "Queued"
+    assert "retired" in waiting.message and "not configured" in waiting.message
 
 
-async def test_client_recovery_removes_numeric_folders_without_a_payload(client):
+async def test_quarantined_entries_are_removed_by_the_cleaner_only_after_max_age(nodes, client):
+    server = nodes("server", max_age=1000, **services(client))
+    stray = server.config.data_path / uuid.uuid4().hex
+    stray.mkdir()
+    start = time.time()
+    jobs.recover(server.ctx)
+    assert not stray.exists() and len(list((server.config.data_path / ".quarantine").iterdir())) == 1
+    assert await clean_jobs(server.ctx, start + 900) == 0
+    assert len(list((server.config.data_path / ".quarantine").iterdir())) == 1
+    assert await clean_jobs(server.ctx, start + 1001) == 1
+    assert list((server.config.data_path / ".quarantine").iterdir()) == []
+
+
+async def test_client_recovery_quarantines_numeric_folders_without_a_payload(client):
     kept = await submit(client, script("exit 0\n"))
     data = client.config.data_path
     (data / "999").mkdir()
@@ -163,6 +178,7 @@ async def test_client_recovery_removes_numeric_folders_without_a_payload(client)
 
     assert not (data / "999").exists()
     assert not (data / ".control" / "999.exit").exists()
+    assert sorted(path.name.split("-", 1)[1] for path in (data / ".quarantine").iterdir()) == ["999", "999.exit"]
     assert (data / "results" / "notes.txt").is_file()
     assert (payloads.folder(client.ctx, kept) / "run.sh").is_file()
     assert payload_status(kept) == "Prepared"

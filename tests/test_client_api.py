@@ -44,7 +44,7 @@ def assert_left_nothing(client) -> None:
     assert Payload.select().count() == 0
     assert data_files(client.config.data_path) == []
     left = [str(path.relative_to(client.config.data_path)) for path in client.config.data_path.rglob("*")]
-    assert set(left) <= {".tmp", ".control"}  # not even an empty folder
+    assert set(left) <= {".tmp", ".control", ".lock", ".identity"}  # not even an empty folder
 
 
 def gone(pid: int) -> bool:

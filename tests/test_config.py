@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.config import ServiceConfig, load
+from orch.config import ClientConfig, ServiceConfig, load
 
 FOO = {
     "SERVICE_FOO_UPLOAD_URL": "http://node1:9000/submit",
@@ -277,9 +277,9 @@ def test_trailing_slashes_are_dropped_from_service_urls_since_ids_are_appended()
     ],
 )
 def test_partial_url_replaces_the_last_segment_of_the_download_url(download_url, partial_url):
-    service = ServiceConfig(name="foo", upload_url="http://node1:9000/submit", download_url=download_url,
-                            terminate_url="http://node1:9000/kill")
-    assert service.partial_url == partial_url
+    client = ClientConfig(upload_url="http://node1:9000/submit", download_url=download_url,
+                          terminate_url="http://node1:9000/kill")
+    assert client.partial_url == partial_url
 
 
 def test_no_service_variables_means_no_services():
@@ -294,3 +294,15 @@ def test_client_mode_ignores_service_variables():
     env = {**FOO, "SERVICE_X_UPLOAD_ULR": "nonsense", "SERVICE_Y_MAX_RUNS": "0"}
     assert load("client", env).services == {}
 
+
+
+@pytest.mark.parametrize(("download_url", "address"), [
+    ("http://node1:9000/retrieve", "http://node1:9000"),
+    ("https://gw/api/retrieve", "https://gw/api"),
+])
+def test_a_client_is_named_by_its_address_and_found_again_at_it(download_url, address):
+    client = ClientConfig("http://x/submit", download_url, "http://x/kill")
+    assert client.address == address
+    again = ClientConfig.at(address)
+    assert (again.download_url, again.terminate_url, again.events_url) == (
+        f"{address}/retrieve", f"{address}/kill", f"{address}/events")

@@ -115,7 +115,7 @@ def assert_server_left_nothing(server) -> None:
     assert Job.select().count() == 0
     assert data_files(server.config.data_path) == []
     left = {str(path.relative_to(server.config.data_path)) for path in server.config.data_path.rglob("*")}
-    assert left <= {".tmp"}
+    assert left <= {".tmp", ".lock", ".identity"}
 
 
 def assert_client_left_nothing(client) -> None:
@@ -123,7 +123,7 @@ def assert_client_left_nothing(client) -> None:
     assert Payload.select().count() == 0
     assert data_files(client.config.data_path) == []
     left = {str(path.relative_to(client.config.data_path)) for path in client.config.data_path.rglob("*")}
-    assert left <= {".tmp", ".control"}
+    assert left <= {".tmp", ".control", ".lock", ".identity"}
 
 
 def job_inputs(server, job_id: int) -> list[str]:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from orch.config import ServiceConfig
-from orch.models import Cursor, Job, create, open_server_db, server_db, transition
+from orch.database import open_server_db
+from orch.models import Cursor, Job, create, server_db, transition
 from orch.quotas import move_cursor, next_jobs
 from orch.states import ACTIVE, FINISHED, JOB_TRANSITIONS, Status
 from tasks.sender import send_queued

@@ -9,7 +9,8 @@ import pytest
 
 from orch import jobs, payloads, processes
 from orch.context import Backoff
-from orch.models import Job, Payload, client_instance, transition
+from orch.database import client_instance
+from orch.models import Job, Payload, transition
 from orch.quotas import next_jobs
 from orch.states import FINISHED, Status
 from tasks.getter import poll_dispatched
@@ -396,6 +397,10 @@ async def test_a_running_payload_without_pid_whose_run_is_alive_is_found_and_not
     assert transition(Payload, payload_id, Status.PREPARED, Status.RUNNING, time.time())
     process = spawn_as_a_previous_client(client, payload_id)
     exited = process.wait_for_exit(raise_error=False)
+    # A restarted client finds the wrapper by its command line, which reads empty until the kernel has
+    # finished exec'ing it, a while after Popen returns on a loaded machine (seen: 8 in 300 starts with both
+    # cores busy). A client that restarts takes far longer than that; this test, which looks at once, waits.
+    await wait_for(lambda: processes.find_run(payloads.exit_file(client.ctx, payload_id)))
 
     assert await start_prepared(client.ctx, time.time()) == 0
     await wait_for(lambda: Payload.get_by_id(payload_id).pid == process.pid)

@@ -45,7 +45,7 @@ def assert_left_nothing(server) -> None:
     assert Job.select().count() == 0
     assert data_files(server.config.data_path) == []
     left = [str(path.relative_to(server.config.data_path)) for path in server.config.data_path.rglob("*")]
-    assert set(left) <= {".tmp"}  # not even an empty folder
+    assert set(left) <= {".tmp", ".lock", ".identity"}  # not even an empty folder
 
 
 def move(job_id: int, *path: Status, **values) -> None:

@@ -13,19 +13,20 @@ from pathlib import Path
 import pytest
 from peewee import IntegrityError, SqliteDatabase
 
+from orch import migrations
+from orch.database import open_client_db, open_server_db
 from orch.errors import Conflict, InvalidTransition
 from orch.models import (
-    SCHEMA_VERSION,
+    ClientFact,
     Job,
     JobEvent,
     JobTransition,
     Payload,
     PayloadEvent,
     PayloadTransition,
+    ServerFact,
     client_db,
     create,
-    open_client_db,
-    open_server_db,
     server_db,
     transition,
 )
@@ -49,16 +50,16 @@ def job_fields() -> dict:
 @pytest.fixture
 def server(tmp_path) -> Iterator[SqliteDatabase]:
     """The server's database in a real file, closed after the test."""
-    db = open_server_db(tmp_path / "s.sqlite")
-    yield db
+    open_server_db(tmp_path / "s.sqlite")
+    yield server_db
     server_db.close()
 
 
 @pytest.fixture
 def client(tmp_path) -> Iterator[SqliteDatabase]:
     """The client's database in a real file, closed after the test."""
-    db = open_client_db(tmp_path / "c.sqlite")
-    yield db
+    open_client_db(tmp_path / "c.sqlite")
+    yield client_db
     client_db.close()
 
 
@@ -356,11 +357,11 @@ def test_reopening_the_same_file_keeps_the_data(tmp_path, server):
     assert Job.select().count() == 1
     assert Job.get_by_id(job_id).status == "Submitted"
     assert events(job_id) == history
-    assert server_db.execute_sql("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert migrations.version(ServerFact) == migrations.latest(ServerFact)
 
 
-def test_opening_creates_the_file_and_its_folder(tmp_path):
-    path = tmp_path / "new" / "deeper" / "c.sqlite"
+def test_opening_creates_the_file(tmp_path):
+    path = tmp_path / "c.sqlite"
     open_client_db(path)
     try:
         assert path.is_file()
@@ -371,11 +372,20 @@ def test_opening_creates_the_file_and_its_folder(tmp_path):
         client_db.close()
 
 
-@pytest.mark.parametrize(("opener", "db"), [(open_server_db, server_db), (open_client_db, client_db)])
-def test_a_database_with_a_newer_schema_is_refused_naming_db_path(tmp_path, opener, db):
+def test_a_database_in_a_missing_folder_is_refused_naming_db_path_and_nothing_is_created(tmp_path):
+    path = tmp_path / "missing" / "c.sqlite"
+    with pytest.raises(ValueError, match="DB_PATH") as raised:
+        open_client_db(path)
+    assert str(path) in str(raised.value)
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize(("opener", "db", "facts"), [(open_server_db, server_db, ServerFact),
+                                                     (open_client_db, client_db, ClientFact)])
+def test_a_database_with_a_newer_schema_is_refused_naming_db_path(tmp_path, opener, db, facts):
     path: Path = tmp_path / "newer.sqlite"
     opener(path)
-    db.execute_sql("PRAGMA user_version = 99")
+    facts.replace(key=migrations.VERSION, value="99").execute()
     db.close()
     try:
         with pytest.raises(ValueError, match="DB_PATH") as raised:
@@ -385,6 +395,6 @@ def test_a_database_with_a_newer_schema_is_refused_naming_db_path(tmp_path, open
         db.close()
     newer = SqliteDatabase(str(path))
     try:
-        assert newer.execute_sql("PRAGMA user_version").fetchone()[0] == 99  # left as it was
+        assert newer.execute_sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "99"
     finally:
         newer.close()

@@ -117,7 +117,7 @@ def test_server_killed_while_it_downloads_a_result(cluster):
     assert not list(scratch.glob("*.part"))
 
 
-def test_server_killed_during_an_upload_leaves_nothing(cluster):
+def test_server_killed_during_an_upload_leaves_its_folder_in_quarantine_only(cluster):
     nodes = cluster()
     with socket.create_connection(("127.0.0.1", nodes.server.port)) as sock:
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
@@ -128,7 +128,9 @@ def test_server_killed_during_an_upload_leaves_nothing(cluster):
              what="the upload to be received")
         nodes.server.kill()
     nodes.server.start()
-    assert [path.name for path in (nodes.server.folder / "data" / "server").iterdir()] == []
+    assert not [path.name for path in data.iterdir() if not path.name.startswith(".")]
+    quarantined = [path.name for path in (data / ".quarantine").iterdir()]
+    assert len(quarantined) == 1 and (data / ".quarantine" / quarantined[0] / "run.sh").is_file()
     assert _jobs(nodes.server.folder / "server.sqlite") == 0
     job_id = nodes.submit("job0")
     statuses = nodes.wait_finished()

@@ -1,0 +1,73 @@
+"""Versioned schema changes: a short list of steps per mode, applied in order at start-up in one transaction.
+
+A new database gets the current schema straight from the models and the latest version; an older one gets
+each missing step in turn, so every job keeps its status, files and history. A database newer than this code
+is refused. The version lives in the `meta` table (version 1, which had no such table, kept it in SQLite's
+`user_version`).
+
+Plain steps on `playhouse.migrate` rather than a migration framework: a handful of column and table additions
+do not need generated files or a history table, and the steps read as what they change.
+"""
+
+from collections.abc import Callable
+
+from peewee import CharField, Database, Model
+from playhouse.migrate import SchemaMigrator, migrate
+
+from orch.models import ClientFact, Job, ServerFact
+
+Step = Callable[[Database, SchemaMigrator], None]
+
+
+def _server_2(db: Database, migrator: SchemaMigrator) -> None:
+    """Facts about the database (version, identity of its data folder); the client each job was sent to."""
+    db.create_tables([ServerFact])
+    migrate(migrator.add_column(Job._meta.table_name, "client", CharField(null=True)))
+
+
+def _client_2(db: Database, migrator: SchemaMigrator) -> None:
+    """Facts about the database (version, identity of its data folder)."""
+    db.create_tables([ClientFact])
+
+
+# STEPS[mode][n] brings a database of version n - 1 to version n.
+STEPS: dict[type[Model], dict[int, Step]] = {
+    ServerFact: {2: _server_2},
+    ClientFact: {2: _client_2},
+}
+VERSION = "schema_version"
+
+
+def latest(facts: type[Model]) -> int:
+    return max(STEPS[facts])
+
+
+def version(facts: type[Model]) -> int:
+    """The schema version of the open database whose facts table is `facts`: 0 when it has no tables yet."""
+    db = facts._meta.database
+    if facts.table_exists():
+        row = facts.get_or_none(facts.key == VERSION)
+        return int(row.value) if row else 0
+    if db.get_tables():
+        return int(db.execute_sql("PRAGMA user_version").fetchone()[0])  # version 1 kept it there
+    return 0
+
+
+def upgrade(facts: type[Model], models: list[type[Model]]) -> None:
+    """Bring the open database whose facts table is `facts` to the latest schema, creating `models` when it is
+    new; ValueError when it is newer than this code."""
+    db = facts._meta.database
+    newest = latest(facts)
+    with db.atomic():
+        current = version(facts)
+        if current > newest:
+            raise ValueError(f"the database is of schema version {current}, newer than this program's "
+                             f"({newest}): run the newer program, or restore a backup")
+        if current == 0:
+            db.create_tables(models)
+        else:
+            migrator = SchemaMigrator.from_database(db)
+            for step in range(current + 1, newest + 1):
+                STEPS[facts][step](db, migrator)
+        facts.replace(key=VERSION, value=str(newest)).execute()
+
