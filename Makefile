@@ -12,6 +12,7 @@ $(READY): requirements.txt requirements-dev.txt
 	touch $(READY)
 
 test: $(READY)
+	tests/system/install.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian packages the test suite runs for real (sandbox, databases, schedulers, browser,
+# containers), each only when missing, so that `make test` sets up a fresh machine by itself.
+# Needs root (or passwordless sudo); prints what it installs.
+set -eu
+
+# command that must exist -> package that brings it
+WANTED="
+bwrap:bubblewrap
+"
+
+missing=""
+for pair in $WANTED; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then as_root=""; else as_root="sudo -n"; fi
+echo "installing Debian packages for the tests:$missing"
+export DEBIAN_FRONTEND=noninteractive
+$as_root apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1 || {
+    $as_root apt-get update -q >/dev/null
+    $as_root apt-get install -y -q --no-install-recommends $missing >/dev/null
+}
