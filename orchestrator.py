@@ -19,11 +19,11 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from handlers import make_app
+from orch import VERSION
 from orch.config import Config, load
 from orch.node import open_node
 from tasks import start_tasks
 
-VERSION = "1.0.0"
 MAX_BUFFERED_BODY = 1024 * 1024  # for requests that are not streamed (everything but upload and submit)
 CHUNK_SIZE = 1024 * 1024  # bytes read from a request body at a time (with Tornado's 64 KiB, uploads ran 2x slower)
 IDLE_TIMEOUT = 300.0  # seconds a connection may stay open without a request
@@ -111,9 +111,9 @@ async def serve(config: Config) -> None:
         beat.stop()
     # Runs of run.sh go on without the client (a restarted client adopts them); sends and polls get a
     # moment to end, and whatever they leave half-done is recovered at the next start.
-    pending = [ctx.inflight.get(key) for key in ctx.inflight.keys("send") + ctx.inflight.keys("poll")]
-    closing = asyncio.ensure_future(server.close_all_connections())
-    await asyncio.wait([task for task in pending if task] + [closing], timeout=SHUTDOWN_GRACE)
+    ending = [asyncio.ensure_future(ctx.inflight.wait("send", "poll")),
+              asyncio.ensure_future(server.close_all_connections())]
+    await asyncio.wait(ending, timeout=SHUTDOWN_GRACE)
     ctx.close()
 
 

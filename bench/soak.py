@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.cluster import Cluster
 from bench.harness import scratch, show
-from tests.faults.cluster import Cluster
 
 USERS = 5
 SETTINGS = {"SERVICE_EXAMPLE_RUNS_PER_USER": "2", "SERVICE_EXAMPLE_MAX_RUNS": "6"}

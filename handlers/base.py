@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from tornado.httputil import responses
 from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
 
 from orch.context import Context
@@ -80,6 +81,7 @@ class UploadHandler(BaseHandler):
     over MAX_UPLOAD_SIZE is answered at once with a 4xx, and whatever it had written is removed."""
 
     staging: Path | None = None  # also before prepare(): an unknown method is refused before it runs
+    refused = False  # answered with an error while the body was coming in
 
     def prepare(self) -> None:
         super().prepare()
@@ -104,7 +106,7 @@ class UploadHandler(BaseHandler):
         return self.ctx.tmp_path
 
     def data_received(self, chunk: bytes) -> None:
-        if self._finished:
+        if self.refused:
             return  # already answered with an error: the rest of the body is dropped
         self.received += len(chunk)
         try:
@@ -113,11 +115,12 @@ class UploadHandler(BaseHandler):
             self.receiver.feed(chunk)
         except OrchError as e:
             self.discard()
+            self.refused = True
             self.send_error(e.status, exc_info=(type(e), e, None))
 
     def received_fields(self) -> dict[str, str]:
         """The text fields of the whole body, once received; BadRequest if it was cut short."""
-        if self._finished:
+        if self.refused:
             raise Finish()  # an error was answered while the body came in
         fields, _ = self.receiver.finish()
         return fields
@@ -142,7 +145,7 @@ def error_body(handler: RequestHandler, status_code: int, kwargs: dict) -> dict:
     error = kwargs.get("exc_info", (None, None, None))[1]
     if isinstance(error, OrchError):
         return {"id": error.job_id, "status": str(error.job_status), "message": error.message}
-    message = handler._reason
+    message = responses.get(status_code, "Unknown")
     if isinstance(error, HTTPError) and error.log_message:
         message = error.log_message % error.args if error.args else error.log_message
     return {"id": 0, "status": "Unknown", "message": message}

@@ -12,11 +12,7 @@ from orch.context import Context
 from orch.errors import BadRequest, Gone
 from orch.models import Payload
 from orch.states import Status
-from orch.wire import INSTANCE_HEADER, JOB_HEADER
-
-ZIP = "application/zip"
-EVENTS_WAIT = 25.0
-MAX_EVENTS_WAIT = 60.0
+from orch.wire import EVENTS_WAIT, INSTANCE_HEADER, JOB_HEADER, MAX_EVENTS_WAIT, ZIP_TYPE
 
 
 class PayloadHandler(BaseHandler):
@@ -26,9 +22,16 @@ class PayloadHandler(BaseHandler):
 
     protected = True
 
+    def payload(self, raw_id: str) -> Payload:
+        """The payload whose id is in the path, named in the answer; BadRequest, NotFound, or Gone when the
+        call means another job or client instance."""
+        payload = payloads.get(parse_id(raw_id))
+        self.name_payload(payload)
+        return payload
+
     def name_payload(self, payload: Payload) -> None:
         """Refuse a call meant for another job or client instance; name this payload in the answer."""
-        instance = self.ctx.instance
+        instance = payloads.instance(self.ctx)
         expected_instance = self.request.headers.get(INSTANCE_HEADER)
         if expected_instance and expected_instance != instance:
             raise Gone(f"this is another client instance ({instance}) than the one that took the job "
@@ -65,18 +68,14 @@ class Submit(UploadHandler, PayloadHandler):
                       instead of a new one.
                   timeout: {type: number, description: Walltime of run.sh in seconds.}
         responses:
-          "401":
-            description: ORCH_TOKEN is set and the call does not carry it.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
             description: The payload, Prepared.
             content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
           "400":
             description: The body is not valid multipart.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "413":
-            description: The body is over MAX_UPLOAD_SIZE.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "413": {$ref: "#/components/responses/TooLarge"}
         """
         payload = payloads.create_payload(self.ctx, self.staging, self.received_fields())
         self.staging = None
@@ -94,31 +93,21 @@ class Retrieve(PayloadHandler):
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
-          "401":
-            description: ORCH_TOKEN is set and the call does not carry it.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "410":
-            description: The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or
-              client instance than this payload's; nothing was done.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "401": {$ref: "#/components/responses/Unauthorized"}
+          "410": {$ref: "#/components/responses/Gone"}
           "200":
             description: The result zip when the payload is Completed; otherwise the payload.
             content:
               application/zip: {schema: {type: string, format: binary}}
               application/json: {schema: {$ref: "#/components/schemas/Payload"}}
-          "400":
-            description: The id is not a number.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "404":
-            description: No such payload.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "400": {$ref: "#/components/responses/BadId"}
+          "404": {$ref: "#/components/responses/NoSuchPayload"}
         """
-        payload = payloads.get(parse_id(payload_id))
-        self.name_payload(payload)
-        if payload.status != Status.COMPLETED.value:
+        payload = self.payload(payload_id)
+        if payload.status != Status.COMPLETED:
             self.write_json(payloads.as_json(self.ctx, payload))
             return
-        await self.stream_file(await payloads.result_zip(self.ctx, payload), ZIP, f"payload-{payload.id}.zip")
+        await self.stream_file(await payloads.result_zip(self.ctx, payload), ZIP_TYPE, f"payload-{payload.id}.zip")
 
     head = get
 
@@ -133,28 +122,20 @@ class RetrievePartial(PayloadHandler):
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
-          "401":
-            description: ORCH_TOKEN is set and the call does not carry it.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "410":
-            description: The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or
-              client instance than this payload's; nothing was done.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "401": {$ref: "#/components/responses/Unauthorized"}
+          "410": {$ref: "#/components/responses/Gone"}
           "200":
             description: A zip of the payload's folder.
             content: {application/zip: {schema: {type: string, format: binary}}}
-          "400":
-            description: The id is not a number.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "400": {$ref: "#/components/responses/BadId"}
           "404":
             description: No such payload, or its files were cleaned.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
-        payload = payloads.get(parse_id(payload_id))
-        self.name_payload(payload)
+        payload = self.payload(payload_id)
         spool = await payloads.partial_zip(self.ctx, payload)
         try:
-            await self.stream_file(spool, ZIP, f"payload-{payload.id}-partial.zip")
+            await self.stream_file(spool, ZIP_TYPE, f"payload-{payload.id}-partial.zip")
         finally:
             spool.unlink(missing_ok=True)
 
@@ -174,25 +155,15 @@ class Kill(PayloadHandler):
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
-          "401":
-            description: ORCH_TOKEN is set and the call does not carry it.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "410":
-            description: The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or
-              client instance than this payload's; nothing was done.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "401": {$ref: "#/components/responses/Unauthorized"}
+          "410": {$ref: "#/components/responses/Gone"}
           "200":
             description: The payload, Killed unless it had finished before.
             content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
-          "400":
-            description: The id is not a number.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "404":
-            description: No such payload.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "400": {$ref: "#/components/responses/BadId"}
+          "404": {$ref: "#/components/responses/NoSuchPayload"}
         """
-        self.name_payload(payloads.get(parse_id(payload_id)))
-        payload = await payloads.kill(self.ctx, parse_id(payload_id))
+        payload = await payloads.kill(self.ctx, self.payload(payload_id))
         self.write_json(payloads.as_json(self.ctx, payload))
 
 
@@ -232,28 +203,27 @@ class Events(PayloadHandler):
             description: The after or wait parameter is not a number in range.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
+        after, wait = self.query()
+        self.waiting = asyncio.ensure_future(payloads.wait_events(self.ctx, after, wait))
+        try:
+            last, events = await self.waiting
+        except asyncio.CancelledError:
+            return  # the server hung up (or this client is stopping): nobody to answer
+        self.set_header(INSTANCE_HEADER, payloads.instance(self.ctx))
+        self.write_json({"last": last, "events": events})
+
+    def query(self) -> tuple[int | None, float]:
+        """`after` and `wait` from the query string; BadRequest when out of range."""
         after = self.get_argument("after", None)
         if after is not None and not after.isdigit():
             raise BadRequest("after must be a whole number")
-        wait = self.get_argument("wait", str(EVENTS_WAIT))
         try:
-            seconds = float(wait)
+            wait = float(self.get_argument("wait", str(EVENTS_WAIT)))
         except ValueError:
-            seconds = -1.0
-        if not 0 <= seconds <= MAX_EVENTS_WAIT:
+            wait = -1.0
+        if not 0 <= wait <= MAX_EVENTS_WAIT:
             raise BadRequest(f"wait must be a number of seconds between 0 and {MAX_EVENTS_WAIT}")
-        after_seq = None if after is None else int(after)
-        last, events = payloads.events_after(after_seq)
-        if not events and after_seq is not None and after_seq <= last:
-            self.waiting = asyncio.ensure_future(self.ctx.changes.wait(seconds))
-            try:
-                await self.waiting
-            except asyncio.CancelledError:
-                return  # the server hung up (or this client is stopping): nobody to answer
-            last, events = payloads.events_after(after_seq)
-        self.set_header(INSTANCE_HEADER, self.ctx.instance)
-        self.write_json({"last": last, "events": events})
-
+        return (None if after is None else int(after)), wait
 
     def on_connection_close(self) -> None:
         waiting = getattr(self, "waiting", None)
@@ -269,9 +239,7 @@ class Load(PayloadHandler):
         tags: [health]
         summary: CPU use of the client's machine, in percent since the previous call
         responses:
-          "401":
-            description: ORCH_TOKEN is set and the call does not carry it.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
             description: A bare number between 0 and 100.
             content: {application/json: {schema: {type: number, minimum: 0, maximum: 100}}}

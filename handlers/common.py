@@ -9,19 +9,19 @@ from tornado_swagger.const import API_OPENAPI_3
 from tornado_swagger.setup import export_swagger
 
 from handlers.base import BaseHandler, error_body
+from orch import VERSION
 from orch.context import Context
+from orch.states import JOB_STATUSES, PAYLOAD_STATUSES
 
 SWAGGER_UI = Path(__file__).resolve().parent.parent / "static" / "swagger-ui"
 SPEC_URL = "/api-docs/openapi.json"
-VERSION = "1.0.0"
 
 STATUS_BODY = {
     "type": "object",
     "required": ["id", "status", "message"],
     "properties": {
         "id": {"type": "integer", "description": "The job's id (0 when the error concerns no job)."},
-        "status": {"type": "string", "enum": ["Queued", "Processing", "Submitted", "Running", "Completed", "Failed",
-                                              "Invalid", "Killed", "Cleaned", "Unknown", "Locked"]},
+        "status": {"type": "string", "enum": sorted(JOB_STATUSES)},
         "message": {"type": "string", "description": "What happened; the reason for Failed, Invalid, Unknown."},
     },
 }
@@ -31,8 +31,7 @@ PAYLOAD = {
     "properties": {
         "id": {"type": "integer"},
         "input": {"type": "object", "description": "Always empty: the files are not echoed back."},
-        "status": {"type": "string", "enum": ["Prepared", "Running", "Completed", "Failed", "Invalid", "Killed",
-                                              "Cleaned"]},
+        "status": {"type": "string", "enum": sorted(PAYLOAD_STATUSES)},
         "loc": {"type": "string", "description": "The payload's folder on the client."},
         "pid": {"type": "integer", "description": "The process group running run.sh (0 before it starts)."},
         "killed": {"type": "boolean"},
@@ -40,6 +39,16 @@ PAYLOAD = {
         "exit_code": {"type": "integer", "nullable": True},
         "job_key": {"type": "string", "nullable": True, "description": "The server's name for the job."},
     },
+}
+# Error answers that several endpoints share, referred to as `$ref: "#/components/responses/<name>"`.
+ERRORS = {
+    "BadId": "The id is not a number.",
+    "Unauthorized": "ORCH_TOKEN is set and the call does not carry it.",
+    "NoSuchJob": "No such job.",
+    "NoSuchPayload": "No such payload.",
+    "Gone": "The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or client instance than "
+            "this payload's; nothing was done.",
+    "TooLarge": "The body is over MAX_UPLOAD_SIZE.",
 }
 
 
@@ -127,7 +136,9 @@ def openapi(mode: str, api: list) -> dict:
         api_version=VERSION,
         description="Runs jobs (files and a run.sh) for scientific web portals. See the README.",
     )
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/StatusBody"}}}
     spec["components"]["schemas"] = {"StatusBody": STATUS_BODY, "Payload": PAYLOAD}
+    spec["components"]["responses"] = {name: {"description": text, "content": body} for name, text in ERRORS.items()}
     return spec
 
 

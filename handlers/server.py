@@ -9,8 +9,7 @@ from orch import jobs
 from orch.context import Context
 from orch.errors import OrchError
 from orch.states import Status
-
-ZIP = "application/zip"
+from orch.wire import ZIP_TYPE
 
 
 class Upload(UploadHandler):
@@ -47,9 +46,7 @@ class Upload(UploadHandler):
           "400":
             description: A field is missing or wrong, or the body is not valid multipart.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "413":
-            description: The body is over MAX_UPLOAD_SIZE.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "413": {$ref: "#/components/responses/TooLarge"}
         """
         job = jobs.create_job(self.ctx, self.received_fields(), self.staging)
         self.staging = None
@@ -72,19 +69,15 @@ class Download(BaseHandler):
             content:
               application/zip: {schema: {type: string, format: binary}}
               application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}
-          "400":
-            description: The id is not a number.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "404":
-            description: No such job.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "400": {$ref: "#/components/responses/BadId"}
+          "404": {$ref: "#/components/responses/NoSuchJob"}
         """
         job = jobs.get(parse_id(job_id))
-        if job.status != Status.COMPLETED.value:
+        if job.status != Status.COMPLETED:
             self.write_json(jobs.as_json(job))
             return
         try:
-            await self.stream_file(jobs.result_file(self.ctx, job), ZIP, f"job-{job.id}.zip")
+            await self.stream_file(jobs.result_file(self.ctx, job), ZIP_TYPE, f"job-{job.id}.zip")
         except FileNotFoundError:
             raise OrchError("Error reading output file", job.id, job.status) from None
 
@@ -117,7 +110,7 @@ class DownloadPartial(BaseHandler):
         job = jobs.get(parse_id(job_id))
         spool = await jobs.fetch_partial(self.ctx, job)
         try:
-            await self.stream_file(spool, ZIP, f"job-{job.id}-partial.zip")
+            await self.stream_file(spool, ZIP_TYPE, f"job-{job.id}-partial.zip")
         finally:
             spool.unlink(missing_ok=True)
 
@@ -140,12 +133,8 @@ class Terminate(BaseHandler):
           "200":
             description: The job is Killed.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "400":
-            description: The id is not a number.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
-          "404":
-            description: No such job.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+          "400": {$ref: "#/components/responses/BadId"}
+          "404": {$ref: "#/components/responses/NoSuchJob"}
           "409":
             description: The job had already finished; `status` says how. Nothing changed.
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}

@@ -1,5 +1,5 @@
-"""What the handlers and tasks of one process share: the config, the clock, the HTTP client, the work in
-flight, and a way to wake a task at once."""
+"""What every part of one process shares: the config, the clock, the HTTP client, the work in flight, and a way
+to wake a task at once. State that belongs to one mode lives in the module that owns it (`ctx.state(Kind)`)."""
 
 import asyncio
 import logging
@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 from tornado.httpclient import AsyncHTTPClient
 
@@ -17,6 +18,8 @@ from orch.ownership import Ownership
 from orch.wire import ClientAPI
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Inflight:
@@ -48,10 +51,16 @@ class Inflight:
     def keys(self, kind: str) -> list[Hashable]:
         return [key for key in self._tasks if isinstance(key, tuple) and key[0] == kind]
 
-    async def wait(self) -> None:
-        """Return once nothing is in flight (including work started meanwhile)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+    async def ended(self, key: Hashable) -> None:
+        """Return once the task working on `key`, if there is one, has ended (whatever its outcome)."""
+        task = self._tasks.get(key)
+        if task is not None:
+            await asyncio.wait([task])
+
+    async def wait(self, *kinds: str) -> None:
+        """Return once nothing (or nothing of these kinds) is in flight, including work started meanwhile."""
+        while tasks := [task for key, task in self._tasks.items() if not kinds or key[0] in kinds]:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _forget(self, key: Hashable, task: asyncio.Task) -> None:
         if self._tasks.get(key) is task:
@@ -61,97 +70,41 @@ class Inflight:
             log.error("%s failed", key, exc_info=error)
 
 
-class Backoff:
-    """Per service, how its client has been failing: when to try again (1 s, 2 s, 4 s... up to `cap` after
-    the first failure) and since when it fails. Calls made in one round at `now` count as one failure."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
-        self.base, self.cap = base, cap
-        self._failures: dict[str, int] = {}
-        self._retry_at: dict[str, float] = {}
-        self._down_since: dict[str, float] = {}
-
-    def ready(self, key: str, now: float) -> bool:
-        return self._retry_at.get(key, 0.0) <= now
-
-    def failed(self, key: str, now: float) -> float:
-        """Record a failure of a call made at `now`; return the delay before the next try."""
-        self._down_since.setdefault(key, now)
-        if now < self._retry_at.get(key, 0.0):
-            return self._retry_at[key] - now  # another call of a round already counted
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
-        delay = min(self.cap, self.base * 2 ** (failures - 1))
-        self._retry_at[key] = now + delay
-        return delay
-
-    def down_for(self, key: str, now: float) -> float:
-        """Seconds since the client's failures began (0 while it answers)."""
-        return now - self._down_since.get(key, now)
-
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
-        self._retry_at.pop(key, None)
-        self._down_since.pop(key, None)
-
-
-class Changes:
-    """Wakes whoever waits for the next change (a long-poll of the client's events)."""
-
-    def __init__(self) -> None:
-        self._waiters: set[asyncio.Future] = set()
-
-    def notify(self) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    async def wait(self, timeout: float) -> None:
-        """Return at the next change, or after `timeout` seconds."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            self._waiters.discard(waiter)
-
-
 @dataclass(eq=False)
 class Context:
-    """Built once per process by `orchestrator.py` (and by the test fixtures)."""
+    """Built once per process by `orch.node.open_node` (and so by the test fixtures)."""
 
     config: Config
     http: AsyncHTTPClient | None = None
     clock: Callable[[], float] = time.time
     inflight: Inflight = field(default_factory=Inflight)
-    backoff: Backoff = field(default_factory=Backoff)
-    changes: Changes = field(default_factory=Changes)
-    repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
-    changed_early: set[int] = field(default_factory=set)  # jobs whose payload changed while their send was in flight
-    # Services whose client's event stream the server follows live, with when the getter last asked about all
-    # their jobs (0: due at its next round); see tasks.getter.
-    streams: dict[str, float] = field(default_factory=dict)
-    wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
-    instance: str = ""  # a client's instance id (see orch.models.Instance)
     owner: Ownership | None = None  # the locks on the database and the data folder
+    _wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
+    _states: dict[type, object] = field(default_factory=dict)
 
-    def close(self) -> None:
-        """Give back what the process holds: its HTTP client and its locks."""
-        if self.http is not None:
-            self.http.close()
-        if self.owner is not None:
-            self.owner.release()
+    def on_wake(self, task: str, waker: Callable[[], None] | None) -> None:
+        """Let `wake(task)` call `waker` (None: nothing, once the task is stopped)."""
+        if waker is None:
+            self._wakers.pop(task, None)
+        else:
+            self._wakers[task] = waker
 
     def wake(self, task: str) -> None:
         """Run the named task now rather than at its next beat (no-op when tasks are not scheduled)."""
-        waker = self.wakers.get(task)
+        waker = self._wakers.get(task)
         if waker is not None:
             waker()
 
+    def state(self, kind: type[T]) -> T:
+        """This process's one `kind()`: the state that a module of one mode keeps (its own class), created at
+        first use, reached only through that module's functions."""
+        if kind not in self._states:
+            self._states[kind] = kind()
+        return self._states[kind]
+
     @cached_property
     def clients(self) -> ClientAPI:
+        """Calls to clients (server)."""
         return ClientAPI(self.http, self.config)
 
     @property
@@ -161,3 +114,10 @@ class Context:
     @property
     def tmp_path(self) -> Path:
         return self.config.tmp_path
+
+    def close(self) -> None:
+        """Give back what the process holds: its HTTP client and its locks."""
+        if self.http is not None:
+            self.http.close()
+        if self.owner is not None:
+            self.owner.release()

@@ -1,4 +1,5 @@
-"""Server-side operations on jobs: create, look up, terminate, fetch a partial result, recover after a restart.
+"""Server-side operations on jobs: create, look up, move, terminate, fetch a partial result, clean, recover
+after a restart; and the queries that the tasks run.
 
 A job's uploaded files live in `DATA_PATH/<folder>/` (the folder's name is the job's key), its result in
 `DATA_PATH/<folder>.zip`, outside the folder so that no uploaded file can stand for it.
@@ -10,12 +11,14 @@ import re
 import shutil
 from pathlib import Path
 
+from tornado.ioloop import IOLoop
+
 from orch import ownership, storage
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
-from orch.models import Job, create, fetch, set_values, transition
-from orch.states import Status
+from orch.models import Job, create, fetch, run, server_db, set_values, transition
+from orch.states import FINISHED, Status
 from orch.wire import GONE, Destination
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,9 @@ log = logging.getLogger(__name__)
 INT32 = range(-(2**31), 2**31)
 FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
 TERMINATE_ATTEMPTS = 5
+# Plain SQL where it runs at every round or every event (see orch.models on the cost of building queries).
+DISPATCHED = 'SELECT "id", "client" FROM "jobs" WHERE "status" IN (?, ?)'
+BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ?'
 
 
 def folder(ctx: Context, job: Job) -> Path:
@@ -61,6 +67,41 @@ def get(job_id: int) -> Job:
     return job
 
 
+def move(ctx: Context, job_id: int, src: Status, dst: Status, message: str | None = None, now: float | None = None,
+         **values) -> bool:
+    """`orch.models.transition` of a job, now (or at `now`): False if it was no longer in `src`."""
+    return transition(Job, job_id, src, dst, ctx.clock() if now is None else now, message, **values)
+
+
+def dispatched() -> list[tuple[int, str | None]]:
+    """(id, client address) of every job on a client: Submitted or Running."""
+    return run(server_db, DISPATCHED, (Status.SUBMITTED, Status.RUNNING)).fetchall()
+
+
+def by_key(key: str) -> tuple[int, str] | None:
+    """(id, status) of the job whose key (folder name) is `key`."""
+    return run(server_db, BY_KEY, (key,)).fetchone()
+
+
+def expired(before: float, limit: int) -> list[Job]:
+    """At most `limit` jobs finished at or before `before`."""
+    return list(Job.select(Job.id, Job.status, Job.folder)
+                .where(Job.status.in_(sorted(FINISHED)), Job.finished_at <= before).limit(limit))
+
+
+async def clean(ctx: Context, job: Job, now: float) -> bool:
+    """Cleaned, with its files removed, for a finished job; False if it had changed meanwhile."""
+    if not move(ctx, job.id, Status(job.status), Status.CLEANED, now=now):
+        return False
+    await IOLoop.current().run_in_executor(None, _remove_files, ctx, job)
+    return True
+
+
+def _remove_files(ctx: Context, job: Job) -> None:
+    storage.remove(folder(ctx, job))
+    result_file(ctx, job).unlink(missing_ok=True)
+
+
 def create_job(ctx: Context, fields: dict[str, str], job_folder: Path) -> Job:
     """Queue a job for the files received in `job_folder` (under DATA_PATH), after checking the upload's
     fields. Raises BadRequest with the original's messages when a field is missing or wrong."""
@@ -90,10 +131,13 @@ async def terminate(ctx: Context, job_id: int) -> Job:
         job = get(job_id)
         status = Status(job.status)
         if status == Status.QUEUED:
-            if transition(Job, job_id, status, Status.KILLED, ctx.clock(), "job terminated"):
+            if move(ctx, job_id, status, Status.KILLED, "job terminated"):
                 return get(job_id)
         elif status == Status.PROCESSING:
-            await _settled(ctx, ("send", job_id))
+            if ("send", job_id) in ctx.inflight:
+                await ctx.inflight.ended(("send", job_id))
+            else:
+                await asyncio.sleep(0.05)  # the job is between two steps of a task; look again shortly
         elif status in (Status.SUBMITTED, Status.RUNNING, Status.LOCKED):
             # Concurrent terminates of one job share a single call to its client.
             return await ctx.inflight.start(("terminate", job_id), lambda job=job: _kill_on_client(ctx, job))
@@ -102,17 +146,9 @@ async def terminate(ctx: Context, job_id: int) -> Job:
     raise Conflict(f"job {job_id} keeps changing status; try again", job_id, get(job_id).status)
 
 
-async def _settled(ctx: Context, key: tuple) -> None:
-    task = ctx.inflight.get(key)
-    if task is not None:
-        await asyncio.wait([task])
-    else:
-        await asyncio.sleep(0.05)  # the job is between two steps of a task; look again shortly
-
-
 async def _kill_on_client(ctx: Context, job: Job) -> Job:
     previous = Status(job.status)
-    if previous == Status.LOCKED or not transition(Job, job.id, previous, Status.LOCKED, ctx.clock()):
+    if previous == Status.LOCKED or not move(ctx, job.id, previous, Status.LOCKED):
         raise Conflict(f"job {job.id} is being terminated already", job.id, Status.LOCKED)
     client = client_of(ctx, job)
     try:
@@ -121,18 +157,18 @@ async def _kill_on_client(ctx: Context, job: Job) -> Job:
         answer = await ctx.clients.kill(client, destination(job))
     except ClientError as e:
         if e.code in (404, GONE):  # the client does not have the payload: nothing of it runs there
-            transition(Job, job.id, Status.LOCKED, Status.KILLED, ctx.clock(), "job terminated")
+            move(ctx, job.id, Status.LOCKED, Status.KILLED, "job terminated")
             ctx.wake("sender")
             return get(job.id)
-        transition(Job, job.id, Status.LOCKED, previous, ctx.clock())
+        move(ctx, job.id, Status.LOCKED, previous)
         raise ClientError(f"could not terminate job {job.id}: {e.message}", e.code, job.id, previous) from None
-    on_client = answer.get("status", Status.KILLED.value)  # the original client answers with no body
-    if on_client in (Status.COMPLETED.value, Status.FAILED.value, Status.INVALID.value):
-        transition(Job, job.id, Status.LOCKED, previous, ctx.clock())
+    on_client = answer.get("status", Status.KILLED)  # the original client answers with no body
+    if on_client in (Status.COMPLETED, Status.FAILED, Status.INVALID):
+        move(ctx, job.id, Status.LOCKED, previous)
         ctx.wake("getter")
         raise Conflict(f"job {job.id} finished on its client before it could be killed ({on_client})",
                        job.id, previous)
-    transition(Job, job.id, Status.LOCKED, Status.KILLED, ctx.clock(), "job terminated")
+    move(ctx, job.id, Status.LOCKED, Status.KILLED, "job terminated")
     ctx.wake("sender")
     return get(job.id)
 
@@ -148,8 +184,7 @@ async def fetch_partial(ctx: Context, job: Job) -> Path:
     client = client_of(ctx, job)
     if client is None:
         raise BadRequest("Invalid service configuration", job.id, job.status)
-    ctx.tmp_path.mkdir(parents=True, exist_ok=True)
-    spool = ctx.tmp_path / f"partial-{job.id}-{storage.new_name()}.zip"
+    spool = storage.scratch_file(ctx.tmp_path, f"partial-{job.id}", ".zip")
     try:
         await ctx.clients.retrieve_partial(client, destination(job), spool)
     except ClientError as e:
@@ -162,7 +197,7 @@ async def fetch_partial(ctx: Context, job: Job) -> Path:
 
 def kept() -> bool:
     """Whether the database holds a job whose files are kept (any that is not Cleaned)."""
-    return Job.select().where(Job.status != Status.CLEANED.value).exists()
+    return Job.select().where(Job.status != Status.CLEANED).exists()
 
 
 def has_folders(data_path: Path) -> bool:
@@ -182,11 +217,11 @@ def recover(ctx: Context) -> None:
     it is. Folders and results that belong to no job (an upload cut short) are quarantined, never deleted.
     """
     now = ctx.clock()
-    for job in Job.select(Job.id).where(Job.status == Status.PROCESSING.value):
-        transition(Job, job.id, Status.PROCESSING, Status.QUEUED, now, "the server restarted while sending it")
-    for job in Job.select(Job.id).where(Job.status == Status.LOCKED.value):
-        transition(Job, job.id, Status.LOCKED, Status.SUBMITTED, now, "the server restarted during a terminate")
-    waiting = Job.select(Job.id, Job.service).where(Job.status == Status.QUEUED.value,
+    for job in Job.select(Job.id).where(Job.status == Status.PROCESSING):
+        move(ctx, job.id, Status.PROCESSING, Status.QUEUED, "the server restarted while sending it", now=now)
+    for job in Job.select(Job.id).where(Job.status == Status.LOCKED):
+        move(ctx, job.id, Status.LOCKED, Status.SUBMITTED, "the server restarted during a terminate", now=now)
+    waiting = Job.select(Job.id, Job.service).where(Job.status == Status.QUEUED,
                                                     Job.service.not_in(list(ctx.config.services)))
     missing: dict[str, int] = {}
     for job in waiting:
@@ -200,5 +235,5 @@ def recover(ctx: Context) -> None:
                                                          Job.dest_id.is_null(False)).execute()
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     strays = [entry for entry in ctx.data_path.iterdir() if _is_job_entry(entry) and not Job.select().where(
-        Job.folder == entry.name.removesuffix(".zip"), Job.status != Status.CLEANED.value).exists()]
+        Job.folder == entry.name.removesuffix(".zip"), Job.status != Status.CLEANED).exists()]
     ownership.quarantine(ctx.data_path, strays, now, "they belong to no job")

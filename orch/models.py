@@ -11,6 +11,7 @@ from peewee import (
     CharField,
     Check,
     CompositeKey,
+    Database,
     FloatField,
     ForeignKeyField,
     IntegerField,
@@ -27,7 +28,7 @@ client_db = SqliteDatabase(None)
 
 
 def status_field(allowed: frozenset[Status]) -> CharField:
-    names = ", ".join(f"'{status.value}'" for status in sorted(allowed))
+    names = ", ".join(f"'{status}'" for status in sorted(allowed))
     return CharField(constraints=[Check(f"status IN ({names})")])
 
 
@@ -176,6 +177,16 @@ MACHINES = {
 # columns: building a query costs peewee ten times what SQLite takes to run it.
 
 
+def run(db: Database, sql: str, params: tuple | list = ()):
+    """Run plain SQL written with `?` placeholders; return the cursor."""
+    return db.execute_sql(_placeholders(db.param, sql), params)
+
+
+@functools.cache
+def _placeholders(param: str, sql: str) -> str:
+    return sql if param == "?" else sql.replace("?", param)
+
+
 @functools.cache
 def _select_sql(model: type[Model]) -> str:
     columns = ", ".join(f'"{field.column_name}"' for field in model._meta.sorted_fields)
@@ -205,12 +216,12 @@ def set_values(model: type[Model], row_id: int, **values) -> None:
     assert "status" not in values, "statuses change through transition()"
     columns = tuple(values)
     params = [model._meta.fields[name].db_value(values[name]) for name in columns] + [row_id]
-    model._meta.database.execute_sql(_set_sql(model, columns), params)
+    run(model._meta.database, _set_sql(model, columns), params)
 
 
 def fetch(model: type[Model], row_id: int) -> Model | None:
     """The row of `model` with this id, or None."""
-    row = model._meta.database.execute_sql(_select_sql(model), (row_id,)).fetchone()
+    row = run(model._meta.database, _select_sql(model), (row_id,)).fetchone()
     if row is None:
         return None
     fields = model._meta.sorted_fields
@@ -225,15 +236,15 @@ def _insert(model: type[Model], values: dict) -> int:
     values.pop("id", None)
     columns = tuple(values)
     params = [model._meta.fields[name].db_value(values[name]) for name in columns]
-    return model._meta.database.execute_sql(_insert_sql(model, columns), params).lastrowid
+    return run(model._meta.database, _insert_sql(model, columns), params).lastrowid
 
 
 def create(model: type[Model], status: Status, now: float, reason: str = "", **values) -> Model:
     """Insert a row of a stateful model in `status`, with its first history row; return it."""
     events = MACHINES[model][0]
     with model._meta.database.atomic():
-        row_id = _insert(model, {"status": status.value, "created_at": now, "updated_at": now, **values})
-        _insert(events, {model._meta.name: row_id, "src": None, "dst": status.value, "at": now, "reason": reason})
+        row_id = _insert(model, {"status": status, "created_at": now, "updated_at": now, **values})
+        _insert(events, {model._meta.name: row_id, "src": None, "dst": status, "at": now, "reason": reason})
     return fetch(model, row_id)
 
 
@@ -247,17 +258,17 @@ def transition(model: type[Model], row_id: int, src: Status, dst: Status, now: f
     events, _, pairs = MACHINES[model]
     if (src, dst) not in pairs:
         raise InvalidTransition(f"{model.__name__} {row_id}: {src} -> {dst} is not allowed")
-    changes = {"status": dst.value, "updated_at": now, **values}
+    changes = {"status": dst, "updated_at": now, **values}
     if message is not None:
         changes["message"] = message
     if dst in FINISHED:
         changes["finished_at"] = now
     columns = tuple(changes)
-    params = [model._meta.fields[name].db_value(changes[name]) for name in columns] + [row_id, src.value]
+    params = [model._meta.fields[name].db_value(changes[name]) for name in columns] + [row_id, src]
     db = model._meta.database
     with db.atomic():
-        if db.execute_sql(_update_sql(model, columns), params).rowcount != 1:
+        if run(db, _update_sql(model, columns), params).rowcount != 1:
             return False
-        _insert(events, {model._meta.name: row_id, "src": src.value, "dst": dst.value, "at": now,
+        _insert(events, {model._meta.name: row_id, "src": src, "dst": dst, "at": now,
                          "reason": message or ""})
     return True

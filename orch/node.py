@@ -35,7 +35,7 @@ def open_node(config: Config) -> Context:
             jobs.recover(ctx)
         else:
             _open(config, database.open_client_db, ClientFact, payloads, "payload")
-            ctx.instance = database.client_instance()
+            payloads.identify(ctx, database.client_instance())
             payloads.recover(ctx)
             processes.become_subreaper()
             Subprocess.initialize()

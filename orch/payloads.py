@@ -1,4 +1,5 @@
-"""Client-side operations on payloads: create, look up, kill, zip, recover after a restart.
+"""Client-side operations on payloads: create, look up, move, kill, zip, report changes, clean, recover after a
+restart; and the queries that the tasks run.
 
 A payload's folder is `DATA_PATH/<id>/`: the files the server sent, whatever `run.sh` writes, and `run.log`
 (its stdout and stderr). What the client itself keeps about a payload (the exit status the wrapper recorded,
@@ -9,6 +10,7 @@ import asyncio
 import logging
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tornado.ioloop import IOLoop
@@ -16,20 +18,64 @@ from tornado.ioloop import IOLoop
 from orch import ownership, processes, storage
 from orch.context import Context
 from orch.errors import BadRequest, NotFound
-from orch.models import Payload, client_db, create, fetch, set_values, transition
-from orch.states import Status
+from orch.models import Payload, client_db, create, fetch, run, set_values, transition
+from orch.states import FINISHED, Status
 
 log = logging.getLogger(__name__)
 
 SCRIPT = "run.sh"
 LOG = "run.log"
-# Plain SQL where it runs for every job (see orch.models on the cost of building peewee queries).
+# Plain SQL where it runs for every job or every round (see orch.models on the cost of building queries).
 LAST_EVENT = 'SELECT MAX("id") FROM "payload_events"'
 EVENTS_AFTER = ('SELECT e."id", e."payload_id", e."dst", p."job_key" FROM "payload_events" e '
                 'JOIN "payloads" p ON p."id" = e."payload_id" WHERE e."id" > ? ORDER BY e."id" LIMIT ?')
 BY_JOB_KEY = 'SELECT "id" FROM "payloads" WHERE "job_key" = ?'
+PREPARED = 'SELECT "id" FROM "payloads" WHERE "status" = ? ORDER BY "id" LIMIT ?'
+RUNNING = 'SELECT "id", "pid" FROM "payloads" WHERE "status" = ?'
 JOB_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # it travels back in a response header
 MAX_WALLTIME = 10 * 365 * 86400
+
+
+class Changes:
+    """Wakes whoever waits for the next change (a long-poll of the client's events)."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future] = set()
+
+    def notify(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, timeout: float) -> None:
+        """Return at the next change, or after `timeout` seconds."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+
+@dataclass
+class Client:
+    """What a client process knows of itself beyond its database."""
+
+    instance: str = ""  # its instance id (see orch.models.Instance), which names it in every answer
+    changes: Changes = field(default_factory=Changes)
+
+
+def identify(ctx: Context, instance: str) -> None:
+    """Set the client's instance id, read from its database at start-up."""
+    ctx.state(Client).instance = instance
+
+
+def instance(ctx: Context) -> str:
+    """The client's instance id."""
+    return ctx.state(Client).instance
 
 
 def folder(ctx: Context, payload_id: int) -> Path:
@@ -58,16 +104,22 @@ def as_json(ctx: Context, payload: Payload) -> dict:
 
 def run_of(ctx: Context, payload: Payload) -> processes.Run:
     """The run of a payload's run.sh, tagged with the client instance and the payload id."""
-    return processes.Run(payload.pid, payload.started_at, f"{ctx.instance}.{payload.id}")
+    return processes.Run(payload.pid, payload.started_at, f"{instance(ctx)}.{payload.id}")
 
 
-def move(ctx: Context, payload_id: int, src: Status, dst: Status, now: float, message: str | None = None,
-         **values) -> bool:
-    """`orch.models.transition` for payloads, waking the long-polls of /events when the status moved."""
-    moved = transition(Payload, payload_id, src, dst, now, message, **values)
+def move(ctx: Context, payload_id: int, src: Status, dst: Status, message: str | None = None,
+         now: float | None = None, **values) -> bool:
+    """`orch.models.transition` of a payload, now (or at `now`), waking the long-polls of /events when it
+    moved; False if it was no longer in `src`."""
+    moved = transition(Payload, payload_id, src, dst, ctx.clock() if now is None else now, message, **values)
     if moved:
-        ctx.changes.notify()
+        ctx.state(Client).changes.notify()
     return moved
+
+
+def set_process(payload_id: int, pid: int, started_at: float | None) -> None:
+    """Record the process running a payload's run.sh (its wrapper's pid and start time)."""
+    set_values(Payload, payload_id, pid=pid, started_at=started_at)
 
 
 def get(payload_id: int) -> Payload:
@@ -87,7 +139,7 @@ def create_payload(ctx: Context, staging: Path, fields: dict[str, str]) -> Paylo
     if job_key is not None and not JOB_KEY.fullmatch(job_key):
         raise BadRequest("job_key must be 1 to 128 printable ASCII characters without spaces")
     walltime = _walltime(fields.get("timeout"))
-    existing = client_db.execute_sql(BY_JOB_KEY, (job_key,)).fetchone() if job_key else None
+    existing = run(client_db, BY_JOB_KEY, (job_key,)).fetchone() if job_key else None
     if existing is not None:
         storage.remove(staging)
         return fetch(Payload, existing[0])
@@ -111,19 +163,17 @@ def _walltime(raw: str | None) -> float | None:
     return walltime
 
 
-async def kill(ctx: Context, payload_id: int) -> Payload:
+async def kill(ctx: Context, payload: Payload) -> Payload:
     """Stop a payload for good: a Prepared one never starts, a Running one's whole process tree is
     stopped and the payload is Killed once it is gone. A finished payload is left as it is."""
-    set_values(Payload, get(payload_id).id, killed=True)
-    payload = get(payload_id)
-    if payload.status == Status.PREPARED.value:
-        move(ctx, payload_id, Status.PREPARED, Status.KILLED, ctx.clock(), "killed before it started")
-    elif payload.status == Status.RUNNING.value:
+    set_values(Payload, payload.id, killed=True)
+    status = get(payload.id).status  # read again: no await since `killed` was set, so no start in between
+    if status == Status.PREPARED:
+        move(ctx, payload.id, Status.PREPARED, Status.KILLED, "killed before it started")
+    elif status == Status.RUNNING:
         await processes.kill_tree(run_of(ctx, payload), ctx.config.kill_grace)
-        watcher = ctx.inflight.get(("run", payload_id))
-        if watcher is not None:
-            await asyncio.wait([watcher])  # it records the Killed status
-    return get(payload_id)
+        await ctx.inflight.ended(("run", payload.id))  # the watch of the run records the Killed status
+    return get(payload.id)
 
 
 def start_zip(ctx: Context, payload_id: int) -> asyncio.Future:
@@ -144,21 +194,29 @@ def events_after(after: int | None, limit: int = 1000) -> tuple[int, list[dict]]
     """The status changes of payloads after the sequence number `after` (oldest first, at most `limit`) and
     the sequence number to ask from next time. With `after` None, or beyond the last change (a database that
     was replaced), none: just where the sequence stands."""
-    last = client_db.execute_sql(LAST_EVENT).fetchone()[0] or 0
+    last = run(client_db, LAST_EVENT).fetchone()[0] or 0
     if after is None or after > last:
         return last, []
-    rows = client_db.execute_sql(EVENTS_AFTER, (after, limit)).fetchall()
+    rows = run(client_db, EVENTS_AFTER, (after, limit)).fetchall()
     events = [{"seq": seq, "id": payload_id, "job_key": job_key, "status": status}
               for seq, payload_id, status, job_key in rows]
     return (events[-1]["seq"] if events else after), events
+
+
+async def wait_events(ctx: Context, after: int | None, wait: float) -> tuple[int, list[dict]]:
+    """`events_after`, waiting up to `wait` seconds for a change when there is none yet after `after`."""
+    last, events = events_after(after)
+    if not events and after is not None and after <= last:
+        await ctx.state(Client).changes.wait(wait)
+        last, events = events_after(after)
+    return last, events
 
 
 async def partial_zip(ctx: Context, payload: Payload) -> Path:
     """A zip of the payload's folder as it is now, in a scratch file that the caller removes."""
     if not folder(ctx, payload.id).is_dir():
         raise NotFound(f"Payload {payload.id} has no files any more ({payload.status})")
-    ctx.tmp_path.mkdir(parents=True, exist_ok=True)
-    path = ctx.tmp_path / f"partial-{payload.id}-{storage.new_name()}.zip"
+    path = storage.scratch_file(ctx.tmp_path, f"partial-{payload.id}", ".zip")
     await _in_executor(storage.zip_folder, folder(ctx, payload.id), path)
     return path
 
@@ -167,9 +225,39 @@ def _in_executor(function, *args) -> asyncio.Future:
     return IOLoop.current().run_in_executor(None, function, *args)
 
 
+def prepared(limit: int) -> list[Payload]:
+    """At most `limit` Prepared payloads, oldest first."""
+    return [fetch(Payload, payload_id) for (payload_id,) in run(client_db, PREPARED, (Status.PREPARED, limit))]
+
+
+def running() -> list[tuple[int, int]]:
+    """(id, pid) of every Running payload."""
+    return run(client_db, RUNNING, (Status.RUNNING,)).fetchall()
+
+
+def expired(before: float, limit: int) -> list[Payload]:
+    """At most `limit` payloads finished at or before `before`."""
+    return list(Payload.select(Payload.id, Payload.status)
+                .where(Payload.status.in_(sorted(FINISHED)), Payload.finished_at <= before).limit(limit))
+
+
+async def clean(ctx: Context, payload: Payload, now: float) -> bool:
+    """Cleaned, with its folder and control files removed, for a finished payload; False if it had changed
+    meanwhile."""
+    if not move(ctx, payload.id, Status(payload.status), Status.CLEANED, now=now):
+        return False
+    await _in_executor(_remove_files, ctx, payload.id)
+    return True
+
+
+def stop_leftovers(ctx: Context) -> int:
+    """Stop what finished runs left running outside their process group; return how many processes."""
+    return processes.sweep(instance(ctx), {payload_id for payload_id, _ in running()})
+
+
 def kept() -> bool:
     """Whether the database holds a payload whose files are kept (any that is not Cleaned)."""
-    return Payload.select().where(Payload.status != Status.CLEANED.value).exists()
+    return Payload.select().where(Payload.status != Status.CLEANED).exists()
 
 
 def has_folders(data_path: Path) -> bool:
@@ -184,13 +272,13 @@ def recover(ctx: Context) -> None:
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     control_path(ctx).mkdir(parents=True, exist_ok=True)
     kept = {str(payload_id) for (payload_id,) in
-            Payload.select(Payload.id).where(Payload.status != Status.CLEANED.value).tuples()}
+            Payload.select(Payload.id).where(Payload.status != Status.CLEANED).tuples()}
     strays = [entry for entry in ctx.data_path.iterdir() if entry.name.isdigit() and entry.name not in kept]
     strays += [entry for entry in control_path(ctx).iterdir() if entry.name.split(".")[0] not in kept]
     ownership.quarantine(ctx.data_path, strays, ctx.clock(), "they belong to no payload")
 
 
-def remove_files(ctx: Context, payload_id: int) -> None:
+def _remove_files(ctx: Context, payload_id: int) -> None:
     """Remove everything a payload has on disk (blocking)."""
     storage.remove(folder(ctx, payload_id))
     exit_file(ctx, payload_id).unlink(missing_ok=True)

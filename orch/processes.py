@@ -180,7 +180,8 @@ def sweep(instance: str, running: set[int]) -> int:
 
 
 def _members(run: Run) -> list[psutil.Process]:
-    """The processes of a run: the wrapper and its tree, its process group, and those carrying its tag.
+    """The processes of a run, oldest first: the wrapper and its tree, its process group, and those carrying its
+    tag.
 
     One pass over /proc. The group is looked at only while the pid is the wrapper's or free (with the group
     gone, a recycled pid could lead someone else's group); a process that started before the run cannot be
@@ -215,7 +216,9 @@ def _members(run: Run) -> list[psutil.Process]:
         except OSError:
             pass
     members = []
-    for pid in found:
+    # Oldest first, so parents before their children: a script signalled after its children could see them end
+    # and exit 0 before its own signal arrives, on a busy machine.
+    for pid in sorted(found, key=lambda pid: (table[pid][2], pid)):
         try:
             members.append(psutil.Process(pid))
         except psutil.Error:

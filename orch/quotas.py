@@ -11,12 +11,12 @@ length of the queue or of the history.
 """
 
 from orch.config import ServiceConfig
-from orch.models import server_db
+from orch.models import run, server_db
 from orch.states import ACTIVE, Status
 
 # Plain SQL: this runs at every upload and every finished job, and building peewee queries would cost ten
 # times what SQLite takes to answer them.
-QUEUED = Status.QUEUED.value
+QUEUED = Status.QUEUED
 ACTIVE_PER_USER = (f'SELECT "user_id", COUNT(*) FROM "jobs" WHERE "service" = ? AND "status" IN '
                    f'({", ".join("?" * len(ACTIVE))}) GROUP BY "user_id"')
 CURSOR = 'SELECT "user_id" FROM "cursors" WHERE "service" = ?'
@@ -24,7 +24,8 @@ NEXT_USER = 'SELECT MIN("user_id") FROM "jobs" WHERE "status" = ? AND "service" 
 FIRST_USER = 'SELECT MIN("user_id") FROM "jobs" WHERE "status" = ? AND "service" = ?'
 NEXT_JOB = ('SELECT "id" FROM "jobs" WHERE "status" = ? AND "service" = ? AND "user_id" = ? AND "id" > ? '
             'ORDER BY "id" LIMIT 1')
-MOVE_CURSOR = 'INSERT OR REPLACE INTO "cursors" ("service", "user_id") VALUES (?, ?)'
+MOVE_CURSOR = ('INSERT INTO "cursors" ("service", "user_id") VALUES (?, ?) '
+               'ON CONFLICT ("service") DO UPDATE SET "user_id" = excluded."user_id"')
 
 
 def next_jobs(service: ServiceConfig) -> list[tuple[int, int]]:
@@ -33,7 +34,7 @@ def next_jobs(service: ServiceConfig) -> list[tuple[int, int]]:
     user = _next_user(service.name, cursor)
     if user is None:
         return []  # nothing queued
-    active = dict(server_db.execute_sql(ACTIVE_PER_USER, [service.name, *sorted(ACTIVE)]).fetchall())
+    active = dict(run(server_db, ACTIVE_PER_USER, [service.name, *sorted(ACTIVE)]).fetchall())
     free = service.max_runs - sum(active.values())
     picked: list[tuple[int, int]] = []
     last_picked: dict[int, int] = {}
@@ -66,10 +67,10 @@ def _next_user(service: str, after: int | None) -> int | None:
 
 
 def _value(sql: str, *params) -> int | None:
-    row = server_db.execute_sql(sql, params).fetchone()
+    row = run(server_db, sql, params).fetchone()
     return row[0] if row else None
 
 
 def move_cursor(service: str, user: int) -> None:
     """Remember `user` as the one served last in `service`."""
-    server_db.execute_sql(MOVE_CURSOR, (service, user))
+    run(server_db, MOVE_CURSOR, (service, user))

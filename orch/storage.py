@@ -51,11 +51,10 @@ def new_name() -> str:
     return f"{time.time_ns():016x}{secrets.token_hex(8)}"
 
 
-def new_folder(parent: Path) -> Path:
-    """Create and return a new, empty, uniquely named folder under `parent`."""
-    folder = parent / new_name()
-    folder.mkdir(parents=True)
-    return folder
+def scratch_file(tmp_path: Path, prefix: str, suffix: str) -> Path:
+    """A new, unique path for a scratch file in `tmp_path` (created if missing); the caller removes the file."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return tmp_path / f"{prefix}-{new_name()}{suffix}"
 
 
 def remove(path: Path) -> None:

@@ -29,6 +29,8 @@ from orch.errors import ClientError
 from orch.storage import COPY_CHUNK
 
 ZIP_TYPE = "application/zip"
+EVENTS_WAIT = 25.0  # seconds a long-poll of a client's events waits for a change, unless asked otherwise
+MAX_EVENTS_WAIT = 60.0
 MAX_JSON_SIZE = 1024 * 1024
 INSTANCE_HEADER = "X-Orchestrator-Instance"
 JOB_HEADER = "X-Orchestrator-Job"

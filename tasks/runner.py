@@ -1,137 +1,16 @@
-"""Runner (client): starts the run.sh of prepared payloads and records how each run ends."""
+"""Runner (client): every round, starts the prepared payloads and watches the running ones."""
 
-import asyncio
-import logging
-
-from tornado.ioloop import IOLoop
-from tornado.process import Subprocess
-
-from orch import payloads, policy, processes
+from orch import payloads, runs
 from orch.context import Context
-from orch.models import Payload, client_db, fetch, set_values
-from orch.states import Status
-
-log = logging.getLogger(__name__)
 
 BATCH = 100
-# Plain SQL: these run at every round (see orch.models on the cost of building peewee queries).
-PREPARED = 'SELECT "id" FROM "payloads" WHERE "status" = ? ORDER BY "id" LIMIT ?'
-RUNNING = 'SELECT "id", "pid" FROM "payloads" WHERE "status" = ?'
 
 
 async def start_prepared(ctx: Context, now: float) -> int:
     """Start the Prepared payloads (oldest first) and watch every Running one that nobody watches yet (those
     a previous client process started); return how many were started."""
     started = 0
-    prepared = [fetch(Payload, payload_id) for (payload_id,) in
-                client_db.execute_sql(PREPARED, (Status.PREPARED.value, BATCH)).fetchall()]
-    for payload in prepared:
-        try:
-            refusal = await refusal_of(ctx, payload)
-            if refusal:
-                payloads.move(ctx, payload.id, Status.PREPARED, Status.INVALID, now, refusal)
-                continue
-            started += start(ctx, payload, now)
-        except Exception:
-            log.exception("runner: payload %s failed", payload.id)
-            for status in (Status.PREPARED, Status.RUNNING):
-                payloads.move(ctx, payload.id, status, Status.FAILED, ctx.clock(), "internal error at start")
-    wrappers = set()
-    for payload_id, pid in client_db.execute_sql(RUNNING, (Status.RUNNING.value,)).fetchall():
-        ctx.inflight.start(("run", payload_id), lambda payload_id=payload_id: adopt(ctx, payload_id))
-        wrappers.add(pid)
-    processes.reap_strays(wrappers)
+    for payload in payloads.prepared(BATCH):
+        started += await runs.start(ctx, payload, now)
+    runs.watch_running(ctx)
     return started
-
-
-async def refusal_of(ctx: Context, payload: Payload) -> str | None:
-    """Why a payload cannot run: no run.sh, or the blocklist refuses it (checked off the IOLoop)."""
-    script = payloads.folder(ctx, payload.id) / payloads.SCRIPT
-    if not script.is_file():
-        return f"{payloads.SCRIPT} not found among the job's files"
-    if ctx.config.script_blocklist:
-        return await IOLoop.current().run_in_executor(None, policy.check_file, script)
-    return None
-
-
-def start(ctx: Context, payload: Payload, now: float) -> bool:
-    """Start one payload's run.sh: Failed if it cannot start, else Running with its process watched until it
-    ends. False if the payload was killed first."""
-    folder = payloads.folder(ctx, payload.id)
-    deadline = now + payload.walltime if payload.walltime else None
-    # No await from here to the pid being stored: a kill cannot come in between.
-    if not payloads.move(ctx, payload.id, Status.PREPARED, Status.RUNNING, now, deadline=deadline):
-        return False
-    try:
-        process = processes.spawn(folder, folder / payloads.LOG, payloads.exit_file(ctx, payload.id),
-                                  ctx.config.job_environment, payloads.run_of(ctx, payload).tag)
-    except OSError as e:
-        payloads.move(ctx, payload.id, Status.RUNNING, Status.FAILED, now, f"could not start {payloads.SCRIPT}: {e}")
-        return False
-    set_values(Payload, payload.id, pid=process.pid, started_at=processes.start_time(process.pid))
-    ctx.inflight.start(("run", payload.id), lambda: watch(ctx, payload.id, process))
-    return True
-
-
-async def watch(ctx: Context, payload_id: int, process: Subprocess) -> None:
-    """Wait for a run this process started, stopping it at its deadline, then record its end."""
-    exited = process.wait_for_exit(raise_error=False)
-    payload = fetch(Payload, payload_id)
-    if payload.deadline is None:
-        code = await exited
-    else:
-        try:
-            code = await asyncio.wait_for(asyncio.shield(exited), max(0.0, payload.deadline - ctx.clock()))
-        except TimeoutError:
-            await processes.kill_tree(payloads.run_of(ctx, payload), ctx.config.kill_grace)
-            code = await exited
-    finish(ctx, payload_id, code)
-
-
-async def adopt(ctx: Context, payload_id: int) -> None:
-    """Watch a run started by a previous client process: poll until it is gone (stopping it at its
-    deadline), then take its exit status from the control file its wrapper writes.
-
-    A run whose pid was not recorded is looked for; if there is none and no exit status either, run.sh
-    never started: the payload goes back to Prepared and starts now."""
-    payload = fetch(Payload, payload_id)
-    exit_file = payloads.exit_file(ctx, payload_id)
-    pid, started_at = payload.pid, payload.started_at
-    if not processes.alive(pid, started_at) and not exit_file.exists():
-        found = processes.find_run(exit_file)
-        if found is None and pid == 0:
-            payloads.move(ctx, payload_id, Status.RUNNING, Status.PREPARED, ctx.clock(),
-                       f"the client stopped before {payloads.SCRIPT} started")
-            ctx.wake("runner")
-            return
-        if found is not None:
-            pid, started_at = found
-            set_values(Payload, payload_id, pid=pid, started_at=started_at)
-    while processes.alive(pid, started_at):
-        if payload.deadline is not None and ctx.clock() >= payload.deadline:
-            await processes.kill_tree(payloads.run_of(ctx, fetch(Payload, payload_id)), ctx.config.kill_grace)
-        await asyncio.sleep(ctx.config.runner_interval)
-    finish(ctx, payload_id, processes.read_exit_code(exit_file))
-
-
-def finish(ctx: Context, payload_id: int, code: int | None) -> None:
-    """Record how a run ended: Killed if asked to, Completed on exit status 0, Failed otherwise (with
-    "timeout" in the message when it was stopped at its deadline)."""
-    payload = fetch(Payload, payload_id)
-    processes.kill_leftovers(payloads.run_of(ctx, payload))  # whatever it left running in the background
-    if payload.killed:
-        status, message = Status.KILLED, "killed on request"
-    elif code == 0:
-        status, message = Status.COMPLETED, ""
-    elif payload.deadline is not None and ctx.clock() >= payload.deadline:
-        status, message = Status.FAILED, (f"timeout: {payloads.SCRIPT} ran longer than {payload.walltime:g} s "
-                                          f"and was stopped")
-    elif code is None:
-        status, message = Status.FAILED, f"{payloads.SCRIPT} ended while the client was down, leaving no exit status"
-    elif code < 0:
-        status, message = Status.FAILED, f"{payloads.SCRIPT} was killed by signal {-code}"
-    else:
-        status, message = Status.FAILED, f"{payloads.SCRIPT} exited with code {code}"
-    moved = payloads.move(ctx, payload_id, Status.RUNNING, status, ctx.clock(), message, exit_code=code)
-    if moved and status == Status.COMPLETED:
-        payloads.start_zip(ctx, payload_id)  # ready by the time the server asks for it

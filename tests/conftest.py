@@ -111,7 +111,7 @@ def nodes(io_loop, tmp_path):
             if node.config.mode == "client" and not client_db.is_closed():
                 for payload in Payload.select().where(Payload.status == Status.RUNNING.value):
                     await processes.kill_tree(payloads.run_of(node.ctx, payload), 0)
-                processes.sweep(node.ctx.instance, set())  # and any other process of its runs, whatever its state
+                payloads.stop_leftovers(node.ctx)  # and any other process of its runs, whatever its state
             await asyncio.wait_for(node.ctx.inflight.wait(), WAIT_TIMEOUT)
             await node.http_server.close_all_connections()
             node.ctx.close()

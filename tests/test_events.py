@@ -9,12 +9,12 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from orch.config import ServiceConfig
+from orch.config import ClientConfig
+from orch.dispatch import send
 from orch.models import Job, JobEvent, transition
 from orch.states import Status
+from orch.tracking import Tracking, follow
 from tasks.runner import start_prepared
-from tasks.sender import send
-from tasks.watcher import follow_events
 from tests.conftest import job_status, multipart, payload_status, script, services, upload, wait_for
 
 
@@ -84,13 +84,13 @@ async def test_a_job_that_changes_before_its_send_is_recorded_is_asked_about_as_
     """A quick job on a busy server: the client reports that it ended (or started) while the server still
     waits for the answer to its send. With the stream live the getter would ask only at its next sweep, half
     a minute later; the sender asks once the send is recorded."""
-    watch = asyncio.ensure_future(follow_events(server.ctx, server.ctx.config.services["example"]))
+    watch = asyncio.ensure_future(follow(server.ctx, server.ctx.config.services["example"].client))
     _, uploaded = await upload(server, script(body))
     job_id = uploaded["id"]
     assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
     payload_id = await submit(client, body.encode(), job_key=Job.get_by_id(job_id).folder)  # the send arrived...
     await start_prepared(client.ctx, time.time())
-    await wait_for(lambda: job_id in server.ctx.changed_early)  # ...and the client reported the change
+    await wait_for(lambda: job_id in server.ctx.state(Tracking).changed_early)  # ...and the client reported the change
     await send(server.ctx, job_id, time.time())  # the send's answer comes back: the same payload, by its key
     try:
         await wait_for(lambda: job_status(job_id) == reached)
@@ -98,7 +98,7 @@ async def test_a_job_that_changes_before_its_send_is_recorded_is_asked_about_as_
         watch.cancel()
         (tmp_path / "gate").touch()
     assert Job.get_by_id(job_id).dest_id == payload_id
-    assert server.ctx.changed_early == set()
+    assert server.ctx.state(Tracking).changed_early == set()
 
 
 async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop, server):
@@ -111,24 +111,23 @@ async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop
     sock, port = bind_unused_port()
     original = HTTPServer(Application([(r"/.*", Original)]))
     original.add_socket(sock)
-    service = ServiceConfig("old", f"http://127.0.0.1:{port}/submit", f"http://127.0.0.1:{port}/retrieve",
-                            f"http://127.0.0.1:{port}/kill")
     try:
-        await asyncio.wait_for(follow_events(server.ctx, service), 30)
+        await asyncio.wait_for(follow(server.ctx, ClientConfig.at(f"http://127.0.0.1:{port}")), 30)
     finally:
         original.stop()
 
 
 async def test_while_a_stream_is_live_the_getter_leaves_running_jobs_to_it(nodes, tmp_path, caplog):
     """Asking about each running job at every round would cost a request per job and per round: while the
-    stream answers, the getter asks once when it starts, then only every STREAMED_SWEEP seconds."""
+    stream answers, the getter asks once when it starts, then only every SWEEP seconds."""
     caplog.set_level(logging.DEBUG, "tornado.access")
     client = nodes("client", tasks=True)
     server = nodes("server", tasks=True, getter_interval=0.02, **services(client))
     gate = tmp_path / "gate"
     _, body = await upload(server, script(f"while [ ! -e {gate} ]; do sleep 0.01; done\n"))
     await wait_for(lambda: job_status(body["id"]) == "Running")
-    await wait_for(lambda: server.ctx.streams.get("example"))  # the getter's sweep when the stream started
+    await wait_for(lambda: server.ctx.state(Tracking).live.get(client.url))  # the getter's sweep when it started
+    await server.ctx.inflight.wait("poll")  # ...whose answer may still be on its way (on a busy machine)
 
     def retrieves() -> int:
         return len([record for record in caplog.records if " /retrieve/" in record.getMessage()])
@@ -155,24 +154,24 @@ async def test_a_stream_answered_by_another_client_instance_has_every_job_asked_
     sock, port = bind_unused_port()
     fake = HTTPServer(Application([(r"/events", Replaced)]))
     fake.add_socket(sock)
-    service = ServiceConfig("example", f"http://127.0.0.1:{port}/submit", f"http://127.0.0.1:{port}/retrieve",
-                            f"http://127.0.0.1:{port}/kill")
-    watch = asyncio.ensure_future(follow_events(server.ctx, service))
+    fake_client = ClientConfig.at(f"http://127.0.0.1:{port}")
+    live = server.ctx.state(Tracking).live
+    watch = asyncio.ensure_future(follow(server.ctx, fake_client))
     try:
         await answers.put(("first", 5))
-        await wait_for(lambda: server.ctx.streams.get("example") == 0.0)  # due when the stream starts
-        server.ctx.streams["example"] = 100.0  # the getter asked
+        await wait_for(lambda: live.get(fake_client.address) == 0.0)  # due when the stream starts
+        live[fake_client.address] = 100.0  # the getter asked
         await answers.put(("first", 5))
         await answers.put(("first", 7))
         await wait_for(lambda: answers.empty())
         await asyncio.sleep(0.05)
-        assert server.ctx.streams["example"] == 100.0  # the same client: nothing to ask
+        assert live[fake_client.address] == 100.0  # the same client: nothing to ask
         await answers.put(("second", 9))
-        await wait_for(lambda: server.ctx.streams.get("example") == 0.0)
-        server.ctx.streams["example"] = 100.0
+        await wait_for(lambda: live.get(fake_client.address) == 0.0)
+        live[fake_client.address] = 100.0
         await answers.put(("second", 2))  # a sequence that went back: the client lost its database
-        await wait_for(lambda: server.ctx.streams.get("example") == 0.0)
+        await wait_for(lambda: live.get(fake_client.address) == 0.0)
     finally:
         watch.cancel()
         fake.stop()
-    await wait_for(lambda: "example" not in server.ctx.streams)  # a stopped watch no longer stands for the client
+    await wait_for(lambda: fake_client.address not in live)  # a stopped watch no longer stands for the client

@@ -122,9 +122,9 @@ async def test_a_client_that_is_down_leaves_the_job_as_it_is_and_it_is_polled_ag
     assert await poll(server, now) == 1
     after = Job.get_by_id(job_id)
     assert (after.status, after.message, after.updated_at) == ("Submitted", before.message, before.updated_at)
-    assert any(record.name == "tasks.getter" and "could not be reached" in record.getMessage()
+    assert any(record.name == "orch.tracking" and "could not be reached" in record.getMessage()
                for record in caplog.records)
-    assert await poll(server, now + 0.5) == 0  # the service is in backoff
+    assert await poll(server, now + 0.5) == 0  # the client is in backoff
     assert await poll(server, now + 1) == 1
 
 

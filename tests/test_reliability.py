@@ -8,11 +8,11 @@ import psutil
 import pytest
 
 from orch import jobs, payloads, processes
-from orch.context import Backoff
 from orch.database import client_instance
 from orch.models import Job, Payload, transition
 from orch.quotas import next_jobs
 from orch.states import FINISHED, Status
+from orch.tracking import Health
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
@@ -117,7 +117,7 @@ async def test_the_sender_sends_the_jobs_key_and_records_the_clients_instance(se
     job = await dispatched(server, script("exit 0\n"))
     payload = Payload.get_by_id(job.dest_id)
     assert payload.job_key == job.folder
-    assert job.dest_instance == client_instance() == client.ctx.instance
+    assert job.dest_instance == client_instance() == payloads.instance(client.ctx)
     response = await client.fetch(f"/retrieve/{job.dest_id}")
     assert response.headers["X-Orchestrator-Job"] == job.folder
     assert response.headers["X-Orchestrator-Instance"] == job.dest_instance
@@ -252,7 +252,7 @@ async def test_partial_download_of_a_job_whose_payload_is_not_its_own_is_404(ser
 
 
 def test_backoff_delays_double_from_1_s_up_to_a_cap_of_60_s():
-    backoff = Backoff()
+    backoff = Health()
     now, delays = 1000.0, []
     for _ in range(9):
         delays.append(backoff.failed("example", now))
@@ -263,7 +263,7 @@ def test_backoff_delays_double_from_1_s_up_to_a_cap_of_60_s():
 
 
 def test_backoff_counts_failures_of_calls_made_in_one_round_once():
-    backoff = Backoff()
+    backoff = Health()
     assert backoff.failed("example", 1000.0) == 1
     assert backoff.failed("example", 1000.0) == 1  # another job of the same round
     assert backoff.failed("example", 1000.5) == 0.5  # a poll started in that round, failing later
@@ -272,12 +272,12 @@ def test_backoff_counts_failures_of_calls_made_in_one_round_once():
 
 
 def test_backoff_down_for_counts_from_the_first_failure_and_success_resets_everything():
-    backoff = Backoff()
+    backoff = Health()
     assert backoff.down_for("example", 1000.0) == 0
     backoff.failed("example", 1000.0)
     backoff.failed("example", 1001.0)
     assert backoff.down_for("example", 1041.0) == 41
-    assert backoff.down_for("other", 1041.0) == 0  # per service
+    assert backoff.down_for("other", 1041.0) == 0  # per client
     assert backoff.ready("other", 1000.0)
     backoff.succeeded("example")
     assert backoff.down_for("example", 1041.0) == 0

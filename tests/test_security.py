@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from orch import payloads
 from orch.config import load
 from orch.models import Job, Payload
 from orch.states import FINISHED
@@ -230,7 +231,7 @@ async def test_a_job_gets_only_the_variables_job_env_names(nodes):
     env = dict(line.split("=", 1) for line in lines)
     assert env["FOO"] == "bar"
     assert env["PATH"] == os.environ["PATH"]
-    assert env["ORCHESTRATOR_RUN"] == f"{client.ctx.instance}.{payload_id}"  # the run's tag, nothing secret
+    assert env["ORCHESTRATOR_RUN"] == f"{payloads.instance(client.ctx)}.{payload_id}"  # the run's tag, nothing secret
     assert "t0k3n" not in "\n".join(lines)
     # What bash itself sets (PWD, SHLVL, _), and nothing else.
     assert set(env) <= {"FOO", "PATH", "ORCHESTRATOR_RUN", "PWD", "SHLVL", "_", "OLDPWD"}, sorted(env)

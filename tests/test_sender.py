@@ -33,7 +33,7 @@ def routed_to(port: int) -> dict[str, str]:
 
 def sender_warnings(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records
-            if record.name == "tasks.sender" and record.levelno == logging.WARNING]
+            if record.name == "orch.dispatch" and record.levelno == logging.WARNING]
 
 
 async def test_a_queued_job_is_claimed_then_sent_and_the_client_has_its_files(server, client):

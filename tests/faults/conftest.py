@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.faults.cluster import COUNTS, Cluster
+from bench.cluster import Cluster
+from tests.faults.counts import COUNTS
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+from bench.cluster import FINISHED, request, wait
 from tests.conftest import multipart
-from tests.faults.cluster import COUNTS, FINISHED, report, request, wait
+from tests.faults.counts import COUNTS, report
 
 JOBS = 30
 

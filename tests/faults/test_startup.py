@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.cluster import ROOT, Cluster, free_port, request, wait
+from bench.cluster import ROOT, Cluster, free_port, request, wait
 
 FLAG_WAIT = "while [ ! -e {flag} ]; do sleep 0.05; done\n"
 

@@ -1,8 +1,8 @@
-"""A cluster of real `orchestrator.py` processes (one server, one client) that tests kill, stop and restart.
+"""A cluster of real `orchestrator.py` processes (one server, one client) that the soak benchmark and the fault
+tests kill, stop and restart.
 
-Every job's run.sh appends its tag to a ledger outside its folder, so a test can count what ran: submitted,
-finished, lost (submitted but not finished), and run twice (a tag more than once in the ledger). Each test
-records its counts with `report`; they are printed at the end of the session.
+Every job's run.sh appends its tag to a ledger outside its folder, so that what ran can be counted: submitted,
+finished, lost (submitted but not finished), and run twice (a tag more than once in the ledger).
 """
 
 import json
@@ -16,21 +16,10 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from tornado.testing import bind_unused_port
+from bench.harness import ROOT, free_port, multipart
 
-from tests.conftest import multipart
-
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120.0
 FINISHED = {"Completed", "Failed", "Invalid", "Killed", "Unknown", "Cleaned"}
-COUNTS: list[str] = []
-
-
-def free_port() -> int:
-    sock, port = bind_unused_port()
-    sock.close()
-    return port
 
 
 def wait(condition, timeout: float = TIMEOUT, what: str = "a condition"):
@@ -38,7 +27,7 @@ def wait(condition, timeout: float = TIMEOUT, what: str = "a condition"):
     deadline = time.monotonic() + timeout
     while not (result := condition()):
         if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what} after {timeout} s")
+            raise TimeoutError(f"gave up waiting for {what} after {timeout} s")
         time.sleep(0.01)
     return result
 
@@ -168,15 +157,3 @@ class Cluster:
     def ran(self) -> Counter:
         """How many times each tag's run.sh started."""
         return Counter(self.ledger.read_text().split()) if self.ledger.exists() else Counter()
-
-
-def report(name: str, cluster: Cluster, statuses: dict[str, str], **extra: int) -> tuple[int, int, int]:
-    """Record a test's counts for the session summary; return (finished, lost, run twice)."""
-    ran = cluster.ran()
-    finished = sum(status == "Completed" for status in statuses.values())
-    lost = sum(status != "Completed" for status in statuses.values())
-    twice = sum(count > 1 for count in ran.values())
-    details = "".join(f", {key.replace('_', ' ')}: {value}" for key, value in extra.items())
-    COUNTS.append(f"{name}: {len(cluster.jobs)} submitted, {finished} finished, {lost} lost, {twice} run twice"
-                  f"{details}")
-    return finished, lost, twice
