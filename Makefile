@@ -14,6 +14,7 @@ $(READY): requirements.txt requirements-dev.txt
 test: $(READY)
 	tests/system/install.sh
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(READY)

@@ -40,12 +40,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Settings come from .env, then the environment, then these flags; see .env.sample and the README.",
     )
     parser.add_argument("--version", action="version", version=f"job-orchestrator {VERSION}")
-    parser.add_argument("mode", choices=["server", "client"], help="server: the portals' API and the queue; "
-                        "client: runs the jobs on a compute node")
+    parser.add_argument(
+        "mode",
+        choices=["server", "client"],
+        help="server: the portals' API and the queue; client: runs the jobs on a compute node",
+    )
     parser.add_argument("--port", help="port to listen on (PORT; server 5000, client 9000; 0 picks a free one)")
     parser.add_argument("--host", help="address to listen on (HOST; server 0.0.0.0, client 127.0.0.1)")
-    parser.add_argument("--insecure", action="store_true", help="let a client listen beyond this machine "
-                        "without ORCH_TOKEN (only on a network where nobody else can reach it)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="let a client listen beyond this machine "
+        "without ORCH_TOKEN (only on a network where nobody else can reach it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,8 +85,10 @@ def listen(config: Config) -> list[socket.socket]:
         raise ValueError(f"HOST is {config.host!r}, which is not an address of this machine: {e.strerror}") from None
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise ValueError(f"PORT {config.port} is already in use on {config.host} (another orchestrator, or "
-                             f"another program): stop it or choose another PORT") from None
+            raise ValueError(
+                f"PORT {config.port} is already in use on {config.host} (another orchestrator, or "
+                f"another program): stop it or choose another PORT"
+            ) from None
         raise ValueError(f"cannot listen on HOST {config.host!r}, PORT {config.port}: {e.strerror}") from None
 
 
@@ -97,11 +106,20 @@ async def serve(config: Config) -> None:
         for sock in sockets:
             sock.close()
         raise
-    server = HTTPServer(make_app(ctx), max_body_size=MAX_BUFFERED_BODY, idle_connection_timeout=IDLE_TIMEOUT,
-                        body_timeout=BODY_TIMEOUT, chunk_size=CHUNK_SIZE)
+    server = HTTPServer(
+        make_app(ctx),
+        max_body_size=MAX_BUFFERED_BODY,
+        idle_connection_timeout=IDLE_TIMEOUT,
+        body_timeout=BODY_TIMEOUT,
+        chunk_size=CHUNK_SIZE,
+    )
     server.add_sockets(sockets)
-    log.info("%s listening on http://%s:%d (API documentation at /swagger-ui/)", config.mode, config.host,
-             sockets[0].getsockname()[1])
+    log.info(
+        "%s listening on http://%s:%d (API documentation at /swagger-ui/)",
+        config.mode,
+        config.host,
+        sockets[0].getsockname()[1],
+    )
     beats = start_tasks(ctx)
     await stop.wait()
 
@@ -111,8 +129,10 @@ async def serve(config: Config) -> None:
         beat.stop()
     # Runs of run.sh go on without the client (a restarted client adopts them); sends and polls get a
     # moment to end, and whatever they leave half-done is recovered at the next start.
-    ending = [asyncio.ensure_future(ctx.inflight.wait("send", "poll")),
-              asyncio.ensure_future(server.close_all_connections())]
+    ending = [
+        asyncio.ensure_future(ctx.inflight.wait("send", "poll")),
+        asyncio.ensure_future(server.close_all_connections()),
+    ]
     await asyncio.wait(ending, timeout=SHUTDOWN_GRACE)
     ctx.close()
 

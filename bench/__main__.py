@@ -5,8 +5,14 @@ import sys
 
 from bench import bigfiles, latency, queue_scale, running, throughput, uploads
 
-BENCHMARKS = {"throughput": throughput, "latency": latency, "bigfiles": bigfiles, "queue": queue_scale,
-              "uploads": uploads, "running": running}
+BENCHMARKS = {
+    "throughput": throughput,
+    "latency": latency,
+    "bigfiles": bigfiles,
+    "queue": queue_scale,
+    "uploads": uploads,
+    "running": running,
+}
 
 
 async def main(names: list[str]) -> None:

@@ -49,8 +49,17 @@ async def curl(*args: str) -> bytes:
 async def curl_upload(orch, source: Path) -> int:
     script = orch.folder / "run.sh"
     script.write_text(SCRIPT)
-    answer = await curl("-F", f"file=@{script}", "-F", f"file=@{source}", "-F", "user_id=1", "-F", "service=bench",
-                        f"{orch.server.url}/upload")
+    answer = await curl(
+        "-F",
+        f"file=@{script}",
+        "-F",
+        f"file=@{source}",
+        "-F",
+        "user_id=1",
+        "-F",
+        "service=bench",
+        f"{orch.server.url}/upload",
+    )
     return json.loads(answer)["id"]
 
 
@@ -67,7 +76,8 @@ async def measure(size: int = SIZE) -> dict:
         job_id = await curl_upload(orch, source)
         upload = time.perf_counter() - start
         while (await orch.http.fetch(f"{orch.server.url}/download/{job_id}", method="HEAD")).headers.get(
-                "Content-Type") != "application/zip":
+            "Content-Type"
+        ) != "application/zip":
             await asyncio.sleep(0.05)
         through = time.perf_counter() - start
         url = f"{orch.server.url}/download/{job_id}"
@@ -81,19 +91,30 @@ async def measure(size: int = SIZE) -> dict:
         zipped = target.stat().st_size
         growth = memory.growth()
     mb = 1024 * 1024
-    result = {"upload": size / upload, "download": zipped / download, "download_to_disk": zipped / to_disk,
-              "copy": copy_rate, **growth}
-    show(f"big files: a {size // mb} MB upload and a {size // mb} MB result", [
-        ("upload", f"{upload:.2f} s, {size / upload / mb:.0f} MB/s"),
-        ("upload to result ready", f"{through:.2f} s (sent to the client, run, zipped, fetched back)"),
-        ("download", f"{download:.2f} s, {zipped / download / mb:.0f} MB/s ({zipped / mb:.0f} MB zip, streamed on)"),
-        ("download to a file", f"{to_disk:.2f} s, {zipped / to_disk / mb:.0f} MB/s (the portal's disk writes too)"),
-        ("floor: disk copy", f"{copy_rate / mb:.0f} MB/s (cp of the same file)"),
-        ("upload / copy", f"{size / upload / copy_rate:.2f} (target: 0.5 at least)"),
-        ("download / copy", f"{zipped / download / copy_rate:.2f} (target: 0.5 at least)"),
-        ("server memory growth", f"{growth['server'] / mb:.1f} MB (target: under 50 MB)"),
-        ("client memory growth", f"{growth['client'] / mb:.1f} MB (target: under 50 MB)"),
-    ])
+    result = {
+        "upload": size / upload,
+        "download": zipped / download,
+        "download_to_disk": zipped / to_disk,
+        "copy": copy_rate,
+        **growth,
+    }
+    show(
+        f"big files: a {size // mb} MB upload and a {size // mb} MB result",
+        [
+            ("upload", f"{upload:.2f} s, {size / upload / mb:.0f} MB/s"),
+            ("upload to result ready", f"{through:.2f} s (sent to the client, run, zipped, fetched back)"),
+            (
+                "download",
+                f"{download:.2f} s, {zipped / download / mb:.0f} MB/s ({zipped / mb:.0f} MB zip, streamed on)",
+            ),
+            ("download to a file", f"{to_disk:.2f} s, {zipped / to_disk / mb:.0f} MB/s (the portal's disk writes too)"),
+            ("floor: disk copy", f"{copy_rate / mb:.0f} MB/s (cp of the same file)"),
+            ("upload / copy", f"{size / upload / copy_rate:.2f} (target: 0.5 at least)"),
+            ("download / copy", f"{zipped / download / copy_rate:.2f} (target: 0.5 at least)"),
+            ("server memory growth", f"{growth['server'] / mb:.1f} MB (target: under 50 MB)"),
+            ("client memory growth", f"{growth['client'] / mb:.1f} MB (target: under 50 MB)"),
+        ],
+    )
     return result
 
 

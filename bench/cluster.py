@@ -32,12 +32,14 @@ def wait(condition, timeout: float = TIMEOUT, what: str = "a condition"):
     return result
 
 
-def request(url: str, body: bytes | None = None, headers: dict | None = None,
-            method: str | None = None) -> tuple[int, str, bytes]:
+def request(
+    url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None
+) -> tuple[int, str, bytes]:
     """(code, content type, body); code 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers or {}, method=method),
-                                    timeout=10) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=body, headers=headers or {}, method=method), timeout=10
+        ) as response:
             return response.status, response.headers["Content-Type"], response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers["Content-Type"], e.read()
@@ -61,10 +63,15 @@ class Node:
         with open(self.folder / f"{self.mode}.log", "ab") as log:
             self.popen = subprocess.Popen(
                 [sys.executable, str(ROOT / "orchestrator.py"), self.mode, "--port", str(self.port)],
-                cwd=self.folder, env={"PATH": os.environ["PATH"], **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                env={"PATH": os.environ["PATH"], **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
-        wait(lambda: request(f"{self.url}/health")[0] == 200 or self.popen.poll() is not None,
-             what=f"the {self.mode} to start")
+        wait(
+            lambda: request(f"{self.url}/health")[0] == 200 or self.popen.poll() is not None,
+            what=f"the {self.mode} to start",
+        )
         assert self.popen.poll() is None, self.log()
 
     def kill(self) -> None:
@@ -99,11 +106,17 @@ class Cluster:
         self.root = root
         self.ledger = root / "ledger"
         self.client = Node("client", root / "client", client_env)
-        self.server = Node("server", root / "server", {
-            "SERVICE_EXAMPLE_UPLOAD_URL": f"{self.client.url}/submit",
-            "SERVICE_EXAMPLE_DOWNLOAD_URL": f"{self.client.url}/retrieve",
-            "GETTER_INTERVAL": "0.05", "SENDER_INTERVAL": "0.05", **server_env,
-        })
+        self.server = Node(
+            "server",
+            root / "server",
+            {
+                "SERVICE_EXAMPLE_UPLOAD_URL": f"{self.client.url}/submit",
+                "SERVICE_EXAMPLE_DOWNLOAD_URL": f"{self.client.url}/retrieve",
+                "GETTER_INTERVAL": "0.05",
+                "SENDER_INTERVAL": "0.05",
+                **server_env,
+            },
+        )
         self.jobs: dict[str, int] = {}  # tag -> job id
 
     def start(self) -> None:
@@ -128,11 +141,13 @@ class Cluster:
 
     def submit(self, tag: str, body: str = "", user_id: int = 1) -> int:
         """Upload a job as a portal does (retrying while the server is down); return its id."""
-        data, content_type = multipart({"user_id": str(user_id), "service": "example"},
-                                       {"run.sh": self.script(tag, body)})
-        code, _, answer = wait(lambda: (r := request(f"{self.server.url}/upload", data,
-                                                     {"Content-Type": content_type}))[0] and r,
-                               what="an upload")
+        data, content_type = multipart(
+            {"user_id": str(user_id), "service": "example"}, {"run.sh": self.script(tag, body)}
+        )
+        code, _, answer = wait(
+            lambda: (r := request(f"{self.server.url}/upload", data, {"Content-Type": content_type}))[0] and r,
+            what="an upload",
+        )
         assert code == 201, answer
         self.jobs[tag] = json.loads(answer)["id"]
         return self.jobs[tag]
@@ -144,8 +159,10 @@ class Cluster:
         return {"status": "Completed"} if kind == "application/zip" else json.loads(body)
 
     def statuses(self) -> dict[str, str | None]:
-        return {tag: (answer or {}).get("status") for tag, answer in
-                ((tag, self.status(job_id)) for tag, job_id in self.jobs.items())}
+        return {
+            tag: (answer or {}).get("status")
+            for tag, answer in ((tag, self.status(job_id)) for tag, job_id in self.jobs.items())
+        }
 
     def wait_finished(self, timeout: float = TIMEOUT) -> dict[str, str]:
         def finished() -> dict[str, str] | None:

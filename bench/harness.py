@@ -47,8 +47,10 @@ class Process:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(folder / f"{mode}.log", "wb")  # noqa: SIM115 (closed in stop)
         self.popen = subprocess.Popen(
-            [sys.executable, str(ROOT / "orchestrator.py"), mode, "--port", str(self.port)], cwd=folder,
-            env={"PATH": os.environ["PATH"], "LOG_LEVEL": "WARNING", **env}, stdout=self.log,
+            [sys.executable, str(ROOT / "orchestrator.py"), mode, "--port", str(self.port)],
+            cwd=folder,
+            env={"PATH": os.environ["PATH"], "LOG_LEVEL": "WARNING", **env},
+            stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         self.ps = psutil.Process(self.popen.pid)
@@ -70,19 +72,27 @@ class Process:
 class Orchestrator:
     """A client and a server with service `bench` on it, in a scratch folder; used as a context manager."""
 
-    def __init__(self, server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None,
-                 server_db: Path | None = None):
+    def __init__(
+        self,
+        server_env: dict[str, str] | None = None,
+        client_env: dict[str, str] | None = None,
+        server_db: Path | None = None,
+    ):
         self._scratch = scratch()
         self.folder = Path(self._scratch.name)
         if server_db is not None:  # start the server on a copy of this database
             (self.folder / "server").mkdir()
             shutil.copy(server_db, self.folder / "server" / "server.sqlite")
         self.client = Process("client", self.folder / "client", {"KILL_GRACE": "1", **(client_env or {})})
-        self.server = Process("server", self.folder / "server", {
-            "SERVICE_BENCH_UPLOAD_URL": f"{self.client.url}/submit",
-            "SERVICE_BENCH_DOWNLOAD_URL": f"{self.client.url}/retrieve",
-            **(server_env or {}),
-        })
+        self.server = Process(
+            "server",
+            self.folder / "server",
+            {
+                "SERVICE_BENCH_UPLOAD_URL": f"{self.client.url}/submit",
+                "SERVICE_BENCH_DOWNLOAD_URL": f"{self.client.url}/retrieve",
+                **(server_env or {}),
+            },
+        )
         self.http = AsyncHTTPClient(force_instance=True, max_clients=64, max_body_size=2**40)
 
     async def __aenter__(self) -> "Orchestrator":
@@ -109,8 +119,13 @@ class Orchestrator:
         self._scratch.cleanup()
 
     async def upload(self, body: bytes, content_type: str) -> int:
-        response = await self.http.fetch(f"{self.server.url}/upload", method="POST", body=body,
-                                         headers={"Content-Type": content_type}, request_timeout=600)
+        response = await self.http.fetch(
+            f"{self.server.url}/upload",
+            method="POST",
+            body=body,
+            headers={"Content-Type": content_type},
+            request_timeout=600,
+        )
         assert response.code == 201, response.body
         return json.loads(response.body)["id"]
 
@@ -124,8 +139,9 @@ class Orchestrator:
     async def result(self, job_id: int) -> bytes:
         """Poll /download as a portal does until the result zip comes; return it."""
         while True:
-            response = await self.http.fetch(f"{self.server.url}/download/{job_id}", raise_error=False,
-                                             request_timeout=600)
+            response = await self.http.fetch(
+                f"{self.server.url}/download/{job_id}", raise_error=False, request_timeout=600
+            )
             if response.headers.get("Content-Type") == "application/zip":
                 return response.body
             status = json.loads(response.body)["status"]
@@ -136,10 +152,16 @@ class Orchestrator:
 
 def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-             for name, value in fields.items()]
-    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
-              + content + b"\r\n" for name, content in files.items()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts += [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
+        + content
+        + b"\r\n"
+        for name, content in files.items()
+    ]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 

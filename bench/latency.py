@@ -27,13 +27,16 @@ async def measure(jobs: int = 30) -> dict:
             pings.append(time.perf_counter() - start)
     floor = floors.one_job(SCRIPT) + ROUND_TRIPS * median(pings)
     result = {"median": median(durations), "p95": percentile(durations, 0.95), "floor": floor}
-    show("latency: one job at a time, upload to downloaded zip", [
-        ("jobs", str(jobs)),
-        ("median", f"{result['median'] * 1000:.1f} ms (target: 15 ms at most)"),
-        ("95th percentile", f"{result['p95'] * 1000:.1f} ms"),
-        ("floor", f"{floor * 1000:.1f} ms (bash run.sh + zip, and {ROUND_TRIPS} loopback round trips)"),
-        ("median / floor", f"{result['median'] / floor:.1f}x"),
-    ])
+    show(
+        "latency: one job at a time, upload to downloaded zip",
+        [
+            ("jobs", str(jobs)),
+            ("median", f"{result['median'] * 1000:.1f} ms (target: 15 ms at most)"),
+            ("95th percentile", f"{result['p95'] * 1000:.1f} ms"),
+            ("floor", f"{floor * 1000:.1f} ms (bash run.sh + zip, and {ROUND_TRIPS} loopback round trips)"),
+            ("median / floor", f"{result['median'] / floor:.1f}x"),
+        ],
+    )
     return result
 
 

@@ -18,13 +18,20 @@ async def measure(jobs: int = 200, seconds: float = 4.0) -> dict:
         before = {name: process.cpu() for name, process in processes.items()}
         await asyncio.sleep(seconds)
         load = {name: (process.cpu() - before[name]) / seconds for name, process in processes.items()}
-        await asyncio.gather(*(orch.http.fetch(f"{orch.server.url}/terminate/{job_id}", method="POST", body=b"",
-                                               request_timeout=60) for job_id in ids))  # runs outlive a client
-    show(f"running jobs: CPU while {jobs} long jobs run", [
-        ("server", f"{load['server']:.1%} of a core"),
-        ("client", f"{load['client']:.1%} of a core"),
-        ("floor", "0% (nothing changes)"),
-    ])
+        await asyncio.gather(
+            *(
+                orch.http.fetch(f"{orch.server.url}/terminate/{job_id}", method="POST", body=b"", request_timeout=60)
+                for job_id in ids
+            )
+        )  # runs outlive a client
+    show(
+        f"running jobs: CPU while {jobs} long jobs run",
+        [
+            ("server", f"{load['server']:.1%} of a core"),
+            ("client", f"{load['client']:.1%} of a core"),
+            ("floor", "0% (nothing changes)"),
+        ],
+    )
     return load
 
 

@@ -49,14 +49,21 @@ def measure(minutes: float = 10.0, seed: int = 1) -> dict:
         "finished": sum(status == "Completed" for status in statuses.values()),
         "lost": sum(status != "Completed" for status in statuses.values()),
         "twice": sum(count > 1 for count in ran.values()),
-        "leftovers": left, **kills,
+        "leftovers": left,
+        **kills,
     }
-    show(f"soak: {minutes:g} minutes, {USERS} users, server and client killed at random", [
-        ("jobs", f"{result['submitted']} submitted, {result['finished']} finished, {result['lost']} lost, "
-                 f"{result['twice']} run twice"),
-        ("kills", f"server {kills['server']}, client {kills['client']}"),
-        ("processes left over", str(left)),
-    ])
+    show(
+        f"soak: {minutes:g} minutes, {USERS} users, server and client killed at random",
+        [
+            (
+                "jobs",
+                f"{result['submitted']} submitted, {result['finished']} finished, {result['lost']} lost, "
+                f"{result['twice']} run twice",
+            ),
+            ("kills", f"server {kills['server']}, client {kills['client']}"),
+            ("processes left over", str(left)),
+        ],
+    )
     return result
 
 

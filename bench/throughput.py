@@ -21,11 +21,14 @@ async def measure(jobs: int = 200, at_once: int = 10) -> dict:
         elapsed = time.perf_counter() - start
     floor = floors.many_jobs(SCRIPT, jobs, at_once)
     result = {"elapsed": elapsed, "floor": floor}
-    show(f"throughput: {jobs} trivial jobs, {at_once} at a time", [
-        ("elapsed", f"{elapsed:.2f} s, {jobs / elapsed:.0f} jobs/s"),
-        ("floor", f"{floor:.2f} s, {jobs / floor:.0f} jobs/s (bash run.sh + zip, {at_once} at a time)"),
-        ("elapsed / floor", f"{elapsed / floor:.1f}x (target: 2x at most)"),
-    ])
+    show(
+        f"throughput: {jobs} trivial jobs, {at_once} at a time",
+        [
+            ("elapsed", f"{elapsed:.2f} s, {jobs / elapsed:.0f} jobs/s"),
+            ("floor", f"{floor:.2f} s, {jobs / floor:.0f} jobs/s (bash run.sh + zip, {at_once} at a time)"),
+            ("elapsed / floor", f"{elapsed / floor:.1f}x (target: 2x at most)"),
+        ],
+    )
     return result
 
 

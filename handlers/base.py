@@ -177,6 +177,12 @@ def log_request(handler: RequestHandler) -> None:
         level = logging.DEBUG
     else:
         level = logging.INFO
-    logging.getLogger("tornado.access").log(level, "%d %s %s (%s) %.1fms", status, handler.request.method,
-                                            handler.request.path, handler.request.remote_ip,
-                                            1000.0 * handler.request.request_time())
+    logging.getLogger("tornado.access").log(
+        level,
+        "%d %s %s (%s) %.1fms",
+        status,
+        handler.request.method,
+        handler.request.path,
+        handler.request.remote_ip,
+        1000.0 * handler.request.request_time(),
+    )

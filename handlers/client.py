@@ -34,8 +34,10 @@ class PayloadHandler(BaseHandler):
         instance = payloads.instance(self.ctx)
         expected_instance = self.request.headers.get(INSTANCE_HEADER)
         if expected_instance and expected_instance != instance:
-            raise Gone(f"this is another client instance ({instance}) than the one that took the job "
-                       f"({expected_instance}): it lost its data")
+            raise Gone(
+                f"this is another client instance ({instance}) than the one that took the job "
+                f"({expected_instance}): it lost its data"
+            )
         expected_job = self.request.headers.get(JOB_HEADER)
         if expected_job and expected_job != payload.job_key:
             raise Gone(f"payload {payload.id} is another job's payload, not {expected_job[:40]}'s")

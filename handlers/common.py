@@ -47,7 +47,7 @@ ERRORS = {
     "NoSuchJob": "No such job.",
     "NoSuchPayload": "No such payload.",
     "Gone": "The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or client instance than "
-            "this payload's; nothing was done.",
+    "this payload's; nothing was done.",
     "TooLarge": "The body is over MAX_UPLOAD_SIZE.",
 }
 

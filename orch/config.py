@@ -171,8 +171,17 @@ def validate(config: Config) -> None:
         raise ValueError(f"PORT must be between 0 and 65535, got {config.port}")
     if config.log_level not in LOG_LEVELS:
         raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
-    positive = ("max_age", "max_upload_size", "sender_interval", "getter_interval", "runner_interval",
-                "cleaner_interval", "http_connect_timeout", "http_timeout", "client_lost_after")
+    positive = (
+        "max_age",
+        "max_upload_size",
+        "sender_interval",
+        "getter_interval",
+        "runner_interval",
+        "cleaner_interval",
+        "http_connect_timeout",
+        "http_timeout",
+        "client_lost_after",
+    )
     for name in positive:
         if not 0 < getattr(config, name) < math.inf:
             raise ValueError(f"{variable_name(name)} must be greater than 0, got {getattr(config, name)}")
@@ -183,8 +192,10 @@ def validate(config: Config) -> None:
     if config.orch_token and not re.fullmatch(r"[\x21-\x7e]+", config.orch_token):
         raise ValueError("ORCH_TOKEN must be printable ASCII without spaces (it travels in an HTTP header)")
     if config.mode == "client" and not config.orch_token and not config.insecure and not is_loopback(config.host):
-        raise ValueError(f"HOST is {config.host}, so anyone who reaches this client could run code on it: set "
-                         "ORCH_TOKEN (the same on the server), or pass --insecure if the network is private")
+        raise ValueError(
+            f"HOST is {config.host}, so anyone who reaches this client could run code on it: set "
+            "ORCH_TOKEN (the same on the server), or pass --insecure if the network is private"
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -209,8 +220,10 @@ def parse_services(env: dict[str, str]) -> dict[str, ServiceConfig]:
             continue
         match = SERVICE_VARIABLE.fullmatch(variable)
         if not match:
-            raise ValueError(f"{variable} is not a service setting (expected SERVICE_<NAME>_<SETTING> with "
-                             f"<SETTING> one of {', '.join(SERVICE_SETTINGS)})")
+            raise ValueError(
+                f"{variable} is not a service setting (expected SERVICE_<NAME>_<SETTING> with "
+                f"<SETTING> one of {', '.join(SERVICE_SETTINGS)})"
+            )
         raw.setdefault(match["name"].lower(), {})[match["setting"]] = (variable, value.strip())
     return {name: _service(name, settings) for name, settings in raw.items()}
 

@@ -66,8 +66,7 @@ def _guard(db: Database, model: type[Model], transitions: type[Model], pairs: fr
     """Refresh the table of allowed transitions from `orch.states` and the trigger that enforces it."""
     with db.atomic():
         transitions.delete().execute()
-        transitions.insert_many([(src, dst) for src, dst in pairs],
-                                fields=[transitions.src, transitions.dst]).execute()
+        transitions.insert_many([(src, dst) for src, dst in pairs], fields=[transitions.src, transitions.dst]).execute()
         table, guard = model._meta.table_name, transitions._meta.table_name
         db.execute_sql(
             f"CREATE TRIGGER IF NOT EXISTS {table}_status_guard BEFORE UPDATE OF status ON {table} "

@@ -29,8 +29,11 @@ def claim(ctx: Context, now: float) -> list[int]:
         if not picks:
             continue
         with server_db.atomic():
-            mine = [(job, user) for job, user in picks if jobs.move(ctx, job, Status.QUEUED, Status.PROCESSING,
-                                                                     message="", now=now)]
+            mine = [
+                (job, user)
+                for job, user in picks
+                if jobs.move(ctx, job, Status.QUEUED, Status.PROCESSING, message="", now=now)
+            ]
             if mine:
                 quotas.move_cursor(name, mine[-1][1])
         claimed += [job for job, _ in mine]
@@ -69,16 +72,29 @@ async def _submit(ctx: Context, job_id: int, now: float) -> str | None:
             _fail(ctx, job_id, f"could not reach the {service.name} client {why}")
             return None
         log.warning("sender: job %s not sent, next try in %.0f s: %s", job_id, delay, e.message)
-        jobs.move(ctx, job_id, Status.PROCESSING, Status.QUEUED,
-                  f"waiting for the {service.name} client at {client.address}: {e.message}")
+        jobs.move(
+            ctx,
+            job_id,
+            Status.PROCESSING,
+            Status.QUEUED,
+            f"waiting for the {service.name} client at {client.address}: {e.message}",
+        )
         return None
     except Exception:
         log.exception("sender: job %s failed", job_id)
         _fail(ctx, job_id, "internal error while sending the job")
         return None
     tracking.answered(ctx, client)
-    jobs.move(ctx, job_id, Status.PROCESSING, Status.SUBMITTED, "", dest_id=dest.dest_id, dest_instance=dest.instance,
-              client=client.address)
+    jobs.move(
+        ctx,
+        job_id,
+        Status.PROCESSING,
+        Status.SUBMITTED,
+        "",
+        dest_id=dest.dest_id,
+        dest_instance=dest.instance,
+        client=client.address,
+    )
     return payload_status
 
 

@@ -67,8 +67,9 @@ def get(job_id: int) -> Job:
     return job
 
 
-def move(ctx: Context, job_id: int, src: Status, dst: Status, message: str | None = None, now: float | None = None,
-         **values) -> bool:
+def move(
+    ctx: Context, job_id: int, src: Status, dst: Status, message: str | None = None, now: float | None = None, **values
+) -> bool:
     """`orch.models.transition` of a job, now (or at `now`): False if it was no longer in `src`."""
     return transition(Job, job_id, src, dst, ctx.clock() if now is None else now, message, **values)
 
@@ -85,8 +86,11 @@ def by_key(key: str) -> tuple[int, str] | None:
 
 def expired(before: float, limit: int) -> list[Job]:
     """At most `limit` jobs finished at or before `before`."""
-    return list(Job.select(Job.id, Job.status, Job.folder)
-                .where(Job.status.in_(sorted(FINISHED)), Job.finished_at <= before).limit(limit))
+    return list(
+        Job.select(Job.id, Job.status, Job.folder)
+        .where(Job.status.in_(sorted(FINISHED)), Job.finished_at <= before)
+        .limit(limit)
+    )
 
 
 async def clean(ctx: Context, job: Job, now: float) -> bool:
@@ -115,8 +119,15 @@ def create_job(ctx: Context, fields: dict[str, str], job_folder: Path) -> Job:
         raise BadRequest("Missing service field")
     if service not in ctx.config.services:
         raise BadRequest("Invalid service")
-    job = create(Job, Status.QUEUED, ctx.clock(), reason="uploaded", user_id=int(raw_user), service=service,
-                 folder=job_folder.name)
+    job = create(
+        Job,
+        Status.QUEUED,
+        ctx.clock(),
+        reason="uploaded",
+        user_id=int(raw_user),
+        service=service,
+        folder=job_folder.name,
+    )
     ctx.wake("sender")
     return job
 
@@ -166,8 +177,7 @@ async def _kill_on_client(ctx: Context, job: Job) -> Job:
     if on_client in (Status.COMPLETED, Status.FAILED, Status.INVALID):
         move(ctx, job.id, Status.LOCKED, previous)
         ctx.wake("getter")
-        raise Conflict(f"job {job.id} finished on its client before it could be killed ({on_client})",
-                       job.id, previous)
+        raise Conflict(f"job {job.id} finished on its client before it could be killed ({on_client})", job.id, previous)
     move(ctx, job.id, Status.LOCKED, Status.KILLED, "job terminated")
     ctx.wake("sender")
     return get(job.id)
@@ -190,8 +200,9 @@ async def fetch_partial(ctx: Context, job: Job) -> Path:
     except ClientError as e:
         if e.code in (404, GONE):
             raise NotFound("Job payload not found on client", job.id, job.status) from None
-        raise ClientError(f"Error retrieving partial data from client: {e.message}", e.code, job.id,
-                          job.status) from None
+        raise ClientError(
+            f"Error retrieving partial data from client: {e.message}", e.code, job.id, job.status
+        ) from None
     return spool
 
 
@@ -221,19 +232,26 @@ def recover(ctx: Context) -> None:
         move(ctx, job.id, Status.PROCESSING, Status.QUEUED, "the server restarted while sending it", now=now)
     for job in Job.select(Job.id).where(Job.status == Status.LOCKED):
         move(ctx, job.id, Status.LOCKED, Status.SUBMITTED, "the server restarted during a terminate", now=now)
-    waiting = Job.select(Job.id, Job.service).where(Job.status == Status.QUEUED,
-                                                    Job.service.not_in(list(ctx.config.services)))
+    waiting = Job.select(Job.id, Job.service).where(
+        Job.status == Status.QUEUED, Job.service.not_in(list(ctx.config.services))
+    )
     missing: dict[str, int] = {}
     for job in waiting:
         missing[job.service] = missing.get(job.service, 0) + 1
         set_values(Job, job.id, message=f"waiting: service {job.service!r} is not configured on this server")
     for name, count in sorted(missing.items()):
-        log.warning("%d queued jobs of service %r wait: it is not configured (SERVICE_%s_...)", count, name,
-                    name.upper())
+        log.warning(
+            "%d queued jobs of service %r wait: it is not configured (SERVICE_%s_...)", count, name, name.upper()
+        )
     for name, service in ctx.config.services.items():  # sent by a version that did not record the client
-        Job.update(client=service.client.address).where(Job.service == name, Job.client.is_null(),
-                                                         Job.dest_id.is_null(False)).execute()
+        Job.update(client=service.client.address).where(
+            Job.service == name, Job.client.is_null(), Job.dest_id.is_null(False)
+        ).execute()
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
-    strays = [entry for entry in ctx.data_path.iterdir() if _is_job_entry(entry) and not Job.select().where(
-        Job.folder == entry.name.removesuffix(".zip"), Job.status != Status.CLEANED).exists()]
+    strays = [
+        entry
+        for entry in ctx.data_path.iterdir()
+        if _is_job_entry(entry)
+        and not Job.select().where(Job.folder == entry.name.removesuffix(".zip"), Job.status != Status.CLEANED).exists()
+    ]
     ownership.quarantine(ctx.data_path, strays, now, "they belong to no job")

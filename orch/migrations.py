@@ -61,8 +61,10 @@ def upgrade(facts: type[Model], models: list[type[Model]]) -> None:
     with db.atomic():
         current = version(facts)
         if current > newest:
-            raise ValueError(f"the database is of schema version {current}, newer than this program's "
-                             f"({newest}): run the newer program, or restore a backup")
+            raise ValueError(
+                f"the database is of schema version {current}, newer than this program's "
+                f"({newest}): run the newer program, or restore a backup"
+            )
         if current == 0:
             db.create_tables(models)
         else:
@@ -70,4 +72,3 @@ def upgrade(facts: type[Model], models: list[type[Model]]) -> None:
             for step in range(current + 1, newest + 1):
                 STEPS[facts][step](db, migrator)
         facts.replace(key=VERSION, value=str(newest)).execute()
-

@@ -248,8 +248,9 @@ def create(model: type[Model], status: Status, now: float, reason: str = "", **v
     return fetch(model, row_id)
 
 
-def transition(model: type[Model], row_id: int, src: Status, dst: Status, now: float,
-               message: str | None = None, **values) -> bool:
+def transition(
+    model: type[Model], row_id: int, src: Status, dst: Status, now: float, message: str | None = None, **values
+) -> bool:
     """Move row `row_id` of `model` from `src` to `dst`, setting `values` (and `message` if given).
 
     Raises InvalidTransition for a pair the state machine does not allow. Returns False, changing nothing,
@@ -269,6 +270,5 @@ def transition(model: type[Model], row_id: int, src: Status, dst: Status, now: f
     with db.atomic():
         if run(db, _update_sql(model, columns), params).rowcount != 1:
             return False
-        _insert(events, {model._meta.name: row_id, "src": src, "dst": dst, "at": now,
-                         "reason": message or ""})
+        _insert(events, {model._meta.name: row_id, "src": src, "dst": dst, "at": now, "reason": message or ""})
     return True

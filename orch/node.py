@@ -46,8 +46,7 @@ def open_node(config: Config) -> Context:
     return ctx
 
 
-def _open(config: Config, opener: Callable[[Path], None], facts: type[Model], domain: ModuleType,
-          kind: str) -> None:
+def _open(config: Config, opener: Callable[[Path], None], facts: type[Model], domain: ModuleType, kind: str) -> None:
     """Open the database with `opener` and pair it with the data folder (see `orch.ownership.check`); `domain`
     (`orch.jobs` or `orch.payloads`) tells what of theirs they hold. A database that does not exist yet is not
     created for a data folder that belongs to another one."""

@@ -43,8 +43,10 @@ class Ownership:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ValueError(f"{what} is in use by another process (pid {holder}, holding {path}); "
-                             f"stop it first, or give this one its own") from None
+            raise ValueError(
+                f"{what} is in use by another process (pid {holder}, holding {path}); "
+                f"stop it first, or give this one its own"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fds.append(fd)
@@ -61,8 +63,10 @@ def claim(db_path: Path, data_path: Path) -> Ownership:
     A missing folder for the database is an error, not something to create: it is most often a typo. Raises
     ValueError with one line naming the setting."""
     if not db_path.parent.is_dir():
-        raise ValueError(f"DB_PATH is {str(db_path)!r}, but the folder {str(db_path.parent)!r} does not exist "
-                         f"(create it, or fix DB_PATH)")
+        raise ValueError(
+            f"DB_PATH is {str(db_path)!r}, but the folder {str(db_path.parent)!r} does not exist "
+            f"(create it, or fix DB_PATH)"
+        )
     if db_path.is_dir():
         raise ValueError(f"DB_PATH is {str(db_path)!r}, which is a folder, not a database file")
     try:
@@ -79,8 +83,7 @@ def claim(db_path: Path, data_path: Path) -> Ownership:
     return ownership
 
 
-def check(stored: str | None, has_rows: bool, has_files: bool, db_path: Path, data_path: Path,
-          kind: str) -> str | None:
+def check(stored: str | None, has_rows: bool, has_files: bool, db_path: Path, data_path: Path, kind: str) -> str | None:
     """Check that the data folder belongs to the database; return the identity to pair them with (to be
     written by `mark` and stored in the database), or None when they are paired already.
 
@@ -96,14 +99,18 @@ def check(stored: str | None, has_rows: bool, has_files: bool, db_path: Path, da
         return None
     if found is not None:
         state = "is another one's" if stored is not None else "is new or empty"
-        raise ValueError(f"{where} disagree: the data folder belongs to another database, and this database "
-                         f"{state}; {advice}")
+        raise ValueError(
+            f"{where} disagree: the data folder belongs to another database, and this database {state}; {advice}"
+        )
     if stored is not None and has_rows:
-        raise ValueError(f"{where} disagree: the database holds {kind}s whose files should be in another data "
-                         f"folder; point DATA_PATH at it")
+        raise ValueError(
+            f"{where} disagree: the database holds {kind}s whose files should be in another data "
+            f"folder; point DATA_PATH at it"
+        )
     if stored is None and not has_rows and has_files:
-        raise ValueError(f"{where} disagree: the data folder holds {kind} folders, and this database is new or "
-                         f"empty; {advice}")
+        raise ValueError(
+            f"{where} disagree: the data folder holds {kind} folders, and this database is new or empty; {advice}"
+        )
     return stored or uuid.uuid4().hex
 
 
@@ -124,9 +131,14 @@ def quarantine(data_path: Path, entries: list[Path], now: float, why: str) -> No
         if target.exists():
             target = target.with_name(f"{target.name}-{storage.new_name()}")
         entry.rename(target)
-    log.warning("moved %d entries of %s into %s: %s (%s); they are removed after MAX_AGE", len(entries),
-                data_path, folder, why, ", ".join(entry.name for entry in entries[:5]) +
-                (", ..." if len(entries) > 5 else ""))
+    log.warning(
+        "moved %d entries of %s into %s: %s (%s); they are removed after MAX_AGE",
+        len(entries),
+        data_path,
+        folder,
+        why,
+        ", ".join(entry.name for entry in entries[:5]) + (", ..." if len(entries) > 5 else ""),
+    )
 
 
 def clean_quarantine(data_path: Path, before: float) -> int:

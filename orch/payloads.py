@@ -27,8 +27,10 @@ SCRIPT = "run.sh"
 LOG = "run.log"
 # Plain SQL where it runs for every job or every round (see orch.models on the cost of building queries).
 LAST_EVENT = 'SELECT MAX("id") FROM "payload_events"'
-EVENTS_AFTER = ('SELECT e."id", e."payload_id", e."dst", p."job_key" FROM "payload_events" e '
-                'JOIN "payloads" p ON p."id" = e."payload_id" WHERE e."id" > ? ORDER BY e."id" LIMIT ?')
+EVENTS_AFTER = (
+    'SELECT e."id", e."payload_id", e."dst", p."job_key" FROM "payload_events" e '
+    'JOIN "payloads" p ON p."id" = e."payload_id" WHERE e."id" > ? ORDER BY e."id" LIMIT ?'
+)
 BY_JOB_KEY = 'SELECT "id" FROM "payloads" WHERE "job_key" = ?'
 PREPARED = 'SELECT "id" FROM "payloads" WHERE "status" = ? ORDER BY "id" LIMIT ?'
 RUNNING = 'SELECT "id", "pid" FROM "payloads" WHERE "status" = ?'
@@ -97,9 +99,17 @@ def result_file(ctx: Context, payload_id: int) -> Path:
 def as_json(ctx: Context, payload: Payload) -> dict:
     """The Payload body the original client sends (`input` stays empty: the files are not echoed back),
     with the reason of its status, its exit code and the job it belongs to."""
-    return {"id": payload.id, "input": {}, "status": payload.status, "loc": str(folder(ctx, payload.id)),
-            "pid": payload.pid, "killed": payload.killed, "message": payload.message,
-            "exit_code": payload.exit_code, "job_key": payload.job_key}
+    return {
+        "id": payload.id,
+        "input": {},
+        "status": payload.status,
+        "loc": str(folder(ctx, payload.id)),
+        "pid": payload.pid,
+        "killed": payload.killed,
+        "message": payload.message,
+        "exit_code": payload.exit_code,
+        "job_key": payload.job_key,
+    }
 
 
 def run_of(ctx: Context, payload: Payload) -> processes.Run:
@@ -107,8 +117,15 @@ def run_of(ctx: Context, payload: Payload) -> processes.Run:
     return processes.Run(payload.pid, payload.started_at, f"{instance(ctx)}.{payload.id}")
 
 
-def move(ctx: Context, payload_id: int, src: Status, dst: Status, message: str | None = None,
-         now: float | None = None, **values) -> bool:
+def move(
+    ctx: Context,
+    payload_id: int,
+    src: Status,
+    dst: Status,
+    message: str | None = None,
+    now: float | None = None,
+    **values,
+) -> bool:
     """`orch.models.transition` of a payload, now (or at `now`), waking the long-polls of /events when it
     moved; False if it was no longer in `src`."""
     moved = transition(Payload, payload_id, src, dst, ctx.clock() if now is None else now, message, **values)
@@ -144,8 +161,7 @@ def create_payload(ctx: Context, staging: Path, fields: dict[str, str]) -> Paylo
         storage.remove(staging)
         return fetch(Payload, existing[0])
     with client_db.atomic():
-        payload = create(Payload, Status.PREPARED, ctx.clock(), reason="submitted", job_key=job_key,
-                         walltime=walltime)
+        payload = create(Payload, Status.PREPARED, ctx.clock(), reason="submitted", job_key=job_key, walltime=walltime)
         staging.rename(folder(ctx, payload.id))
     ctx.wake("runner")
     return payload
@@ -198,8 +214,10 @@ def events_after(after: int | None, limit: int = 1000) -> tuple[int, list[dict]]
     if after is None or after > last:
         return last, []
     rows = run(client_db, EVENTS_AFTER, (after, limit)).fetchall()
-    events = [{"seq": seq, "id": payload_id, "job_key": job_key, "status": status}
-              for seq, payload_id, status, job_key in rows]
+    events = [
+        {"seq": seq, "id": payload_id, "job_key": job_key, "status": status}
+        for seq, payload_id, status, job_key in rows
+    ]
     return (events[-1]["seq"] if events else after), events
 
 
@@ -237,8 +255,11 @@ def running() -> list[tuple[int, int]]:
 
 def expired(before: float, limit: int) -> list[Payload]:
     """At most `limit` payloads finished at or before `before`."""
-    return list(Payload.select(Payload.id, Payload.status)
-                .where(Payload.status.in_(sorted(FINISHED)), Payload.finished_at <= before).limit(limit))
+    return list(
+        Payload.select(Payload.id, Payload.status)
+        .where(Payload.status.in_(sorted(FINISHED)), Payload.finished_at <= before)
+        .limit(limit)
+    )
 
 
 async def clean(ctx: Context, payload: Payload, now: float) -> bool:
@@ -271,8 +292,9 @@ def recover(ctx: Context) -> None:
     runner.)"""
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     control_path(ctx).mkdir(parents=True, exist_ok=True)
-    kept = {str(payload_id) for (payload_id,) in
-            Payload.select(Payload.id).where(Payload.status != Status.CLEANED).tuples()}
+    kept = {
+        str(payload_id) for (payload_id,) in Payload.select(Payload.id).where(Payload.status != Status.CLEANED).tuples()
+    }
     strays = [entry for entry in ctx.data_path.iterdir() if entry.name.isdigit() and entry.name not in kept]
     strays += [entry for entry in control_path(ctx).iterdir() if entry.name.split(".")[0] not in kept]
     ownership.quarantine(ctx.data_path, strays, ctx.clock(), "they belong to no payload")

@@ -30,8 +30,10 @@ RULES = [
     ("access to SSH keys", r"~/\.ssh/"),
     ("access to root home", r"/root/"),
     ("access to Docker socket", r"/var/run/docker\.sock"),
-    *((f"network tool: {tool}", rf"\b{tool}\b")
-      for tool in ("curl", "wget", "nc", "ncat", "socat", "ssh", "scp", "sftp", "telnet", "rsync")),
+    *(
+        (f"network tool: {tool}", rf"\b{tool}\b")
+        for tool in ("curl", "wget", "nc", "ncat", "socat", "ssh", "scp", "sftp", "telnet", "rsync")
+    ),
     ("reverse shell via /dev/tcp", r"/dev/tcp/"),
     ("reverse shell via /dev/udp", r"/dev/udp/"),
     ("privilege escalation: sudo", r"\bsudo\b"),
@@ -60,8 +62,10 @@ RULES = [
     ("persistence: cron directory", r"/etc/cron"),
     ("persistence: systemctl", r"\bsystemctl\b"),
     ("persistence: service command", rf"{COMMAND}service[ \t]+\S+[ \t]+(?:start|stop|restart|reload|enable|disable)\b"),
-    ("persistence: at scheduler",
-     rf"{COMMAND}at[ \t]+(?:-[a-zA-Z]|now\b|noon\b|midnight\b|teatime\b|tomorrow\b|[0-9])"),
+    (
+        "persistence: at scheduler",
+        rf"{COMMAND}at[ \t]+(?:-[a-zA-Z]|now\b|noon\b|midnight\b|teatime\b|tomorrow\b|[0-9])",
+    ),
     ("fork bomb", r":\(\)\s*\{.*:\|:"),
     ("resource exhaustion: stress", r"\bstress\b"),
     ("resource exhaustion: stress-ng", r"\bstress-ng\b"),

@@ -26,9 +26,7 @@ from tornado.process import Subprocess
 # The wrapper is plain POSIX sh: where sh is dash, it starts in a third of bash's time, a millisecond or two
 # off every job. `trap : TERM` keeps the wrapper waiting while run.sh handles a SIGTERM (its grace period);
 # a trapped signal, unlike an ignored one, is reset in children, so run.sh still gets it.
-WRAPPER = (
-    'trap : TERM; bash run.sh >"$1" 2>&1 </dev/null; code=$?; printf "%s" "$code" >"$2"; exit "$code"'
-)
+WRAPPER = 'trap : TERM; bash run.sh >"$1" 2>&1 </dev/null; code=$?; printf "%s" "$code" >"$2"; exit "$code"'
 POLL = 0.02  # seconds between two looks at a dying process tree
 REAP_TIMEOUT = 5.0  # how long SIGKILLed processes get to disappear
 TAG = "ORCHESTRATOR_RUN"
@@ -49,8 +47,12 @@ def spawn(folder: Path, log_path: Path, exit_path: Path, env: dict[str, str], ta
     Raises OSError if it cannot."""
     return Subprocess(
         ["sh", "-c", WRAPPER, "orchestrator-job", str(log_path), str(exit_path)],
-        cwd=folder, env={**env, TAG: tag}, start_new_session=True,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=folder,
+        env={**env, TAG: tag},
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -167,8 +169,8 @@ def sweep(instance: str, running: set[int]) -> int:
         except OSError:
             continue
         for variable in variables:
-            if variable.startswith(prefix) and variable[len(prefix):].isdigit():
-                if int(variable[len(prefix):]) not in running:
+            if variable.startswith(prefix) and variable[len(prefix) :].isdigit():
+                if int(variable[len(prefix) :]) not in running:
                     doomed.append(int(entry.name))
                 break
     for pid in doomed:

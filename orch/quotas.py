@@ -17,15 +17,20 @@ from orch.states import ACTIVE, Status
 # Plain SQL: this runs at every upload and every finished job, and building peewee queries would cost ten
 # times what SQLite takes to answer them.
 QUEUED = Status.QUEUED
-ACTIVE_PER_USER = (f'SELECT "user_id", COUNT(*) FROM "jobs" WHERE "service" = ? AND "status" IN '
-                   f'({", ".join("?" * len(ACTIVE))}) GROUP BY "user_id"')
+ACTIVE_PER_USER = (
+    f'SELECT "user_id", COUNT(*) FROM "jobs" WHERE "service" = ? AND "status" IN '
+    f'({", ".join("?" * len(ACTIVE))}) GROUP BY "user_id"'
+)
 CURSOR = 'SELECT "user_id" FROM "cursors" WHERE "service" = ?'
 NEXT_USER = 'SELECT MIN("user_id") FROM "jobs" WHERE "status" = ? AND "service" = ? AND "user_id" > ?'
 FIRST_USER = 'SELECT MIN("user_id") FROM "jobs" WHERE "status" = ? AND "service" = ?'
-NEXT_JOB = ('SELECT "id" FROM "jobs" WHERE "status" = ? AND "service" = ? AND "user_id" = ? AND "id" > ? '
-            'ORDER BY "id" LIMIT 1')
-MOVE_CURSOR = ('INSERT INTO "cursors" ("service", "user_id") VALUES (?, ?) '
-               'ON CONFLICT ("service") DO UPDATE SET "user_id" = excluded."user_id"')
+NEXT_JOB = (
+    'SELECT "id" FROM "jobs" WHERE "status" = ? AND "service" = ? AND "user_id" = ? AND "id" > ? ORDER BY "id" LIMIT 1'
+)
+MOVE_CURSOR = (
+    'INSERT INTO "cursors" ("service", "user_id") VALUES (?, ?) '
+    'ON CONFLICT ("service") DO UPDATE SET "user_id" = excluded."user_id"'
+)
 
 
 def next_jobs(service: ServiceConfig) -> list[tuple[int, int]]:

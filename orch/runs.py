@@ -59,11 +59,17 @@ def _spawn(ctx: Context, payload: Payload, now: float) -> bool:
     if not payloads.move(ctx, payload.id, Status.PREPARED, Status.RUNNING, now=now, deadline=deadline):
         return False
     try:
-        process = processes.spawn(folder, folder / payloads.LOG, payloads.exit_file(ctx, payload.id),
-                                  ctx.config.job_environment, payloads.run_of(ctx, payload).tag)
+        process = processes.spawn(
+            folder,
+            folder / payloads.LOG,
+            payloads.exit_file(ctx, payload.id),
+            ctx.config.job_environment,
+            payloads.run_of(ctx, payload).tag,
+        )
     except OSError as e:
-        payloads.move(ctx, payload.id, Status.RUNNING, Status.FAILED, f"could not start {payloads.SCRIPT}: {e}",
-                      now=now)
+        payloads.move(
+            ctx, payload.id, Status.RUNNING, Status.FAILED, f"could not start {payloads.SCRIPT}: {e}", now=now
+        )
         return False
     payloads.set_process(payload.id, process.pid, processes.start_time(process.pid))
     ctx.inflight.start(("run", payload.id), lambda: _watch(ctx, payload.id, process))
@@ -97,8 +103,9 @@ async def _adopt(ctx: Context, payload_id: int) -> None:
     if not processes.alive(pid, started_at) and not exit_file.exists():
         found = processes.find_run(exit_file)
         if found is None and pid == 0:
-            payloads.move(ctx, payload_id, Status.RUNNING, Status.PREPARED,
-                          f"the client stopped before {payloads.SCRIPT} started")
+            payloads.move(
+                ctx, payload_id, Status.RUNNING, Status.PREPARED, f"the client stopped before {payloads.SCRIPT} started"
+            )
             ctx.wake("runner")
             return
         if found is not None:
@@ -121,8 +128,10 @@ def _finish(ctx: Context, payload_id: int, code: int | None) -> None:
     elif code == 0:
         status, message = Status.COMPLETED, ""
     elif payload.deadline is not None and ctx.clock() >= payload.deadline:
-        status, message = Status.FAILED, (f"timeout: {payloads.SCRIPT} ran longer than {payload.walltime:g} s "
-                                          f"and was stopped")
+        status, message = (
+            Status.FAILED,
+            (f"timeout: {payloads.SCRIPT} ran longer than {payload.walltime:g} s and was stopped"),
+        )
     elif code is None:
         status, message = Status.FAILED, f"{payloads.SCRIPT} ended while the client was down, leaving no exit status"
     elif code < 0:

@@ -32,18 +32,29 @@ FINISHED = frozenset({S.COMPLETED, S.FAILED, S.INVALID, S.KILLED, S.UNKNOWN})
 # Server side. Queued -> Processing (claimed by the sender) -> Submitted (the client accepted it) ->
 # Running -> finished. Locked: a terminate is talking to the client.
 JOB_TRANSITIONS = [
-    (S.QUEUED, S.PROCESSING), (S.QUEUED, S.KILLED), (S.QUEUED, S.FAILED),
-    (S.PROCESSING, S.SUBMITTED), (S.PROCESSING, S.QUEUED), (S.PROCESSING, S.FAILED),
+    (S.QUEUED, S.PROCESSING),
+    (S.QUEUED, S.KILLED),
+    (S.QUEUED, S.FAILED),
+    (S.PROCESSING, S.SUBMITTED),
+    (S.PROCESSING, S.QUEUED),
+    (S.PROCESSING, S.FAILED),
     *((S.SUBMITTED, dst) for dst in (S.RUNNING, S.LOCKED, *FINISHED)),
     *((S.RUNNING, dst) for dst in (S.LOCKED, *FINISHED)),
-    (S.LOCKED, S.KILLED), (S.LOCKED, S.SUBMITTED), (S.LOCKED, S.RUNNING),
+    (S.LOCKED, S.KILLED),
+    (S.LOCKED, S.SUBMITTED),
+    (S.LOCKED, S.RUNNING),
     *((done, S.CLEANED) for done in FINISHED),
 ]
 
 # Client side. Prepared (files on disk) -> Running (run.sh started) -> finished.
 PAYLOAD_TRANSITIONS = [
-    (S.PREPARED, S.RUNNING), (S.PREPARED, S.INVALID), (S.PREPARED, S.KILLED), (S.PREPARED, S.FAILED),
-    (S.RUNNING, S.COMPLETED), (S.RUNNING, S.FAILED), (S.RUNNING, S.KILLED),
+    (S.PREPARED, S.RUNNING),
+    (S.PREPARED, S.INVALID),
+    (S.PREPARED, S.KILLED),
+    (S.PREPARED, S.FAILED),
+    (S.RUNNING, S.COMPLETED),
+    (S.RUNNING, S.FAILED),
+    (S.RUNNING, S.KILLED),
     (S.RUNNING, S.PREPARED),  # the client stopped between recording the start and starting run.sh
     *((done, S.CLEANED) for done in FINISHED - {S.UNKNOWN}),
 ]

@@ -78,16 +78,19 @@ class MultipartReceiver:
         if kind != b"multipart/form-data" or not boundary:
             raise BadRequest("expected a multipart/form-data body with a boundary")
         try:
-            self._parser = MultipartParser(boundary, callbacks={
-                "on_part_begin": self._part_begin,
-                "on_header_field": self._header_field,
-                "on_header_value": self._header_value,
-                "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished,
-                "on_part_data": self._part_data,
-                "on_part_end": self._part_end,
-                "on_end": self._end,
-            })
+            self._parser = MultipartParser(
+                boundary,
+                callbacks={
+                    "on_part_begin": self._part_begin,
+                    "on_header_field": self._header_field,
+                    "on_header_value": self._header_value,
+                    "on_header_end": self._header_end,
+                    "on_headers_finished": self._headers_finished,
+                    "on_part_data": self._part_data,
+                    "on_part_end": self._part_end,
+                    "on_end": self._end,
+                },
+            )
         except ValueError as e:
             raise BadRequest(f"bad multipart boundary: {e}") from None
         self.folder = folder

@@ -56,8 +56,9 @@ class ClientAPI:
         self.auth = {"Authorization": f"Bearer {config.orch_token}"} if config.orch_token else {}
         self.tmp_path = config.tmp_path
 
-    async def submit(self, client: ClientConfig, files: list[Path], job_key: str,
-                     timeout: int | None) -> tuple[Destination, str]:
+    async def submit(
+        self, client: ClientConfig, files: list[Path], job_key: str, timeout: int | None
+    ) -> tuple[Destination, str]:
         """Send the job `job_key` made of `files` (with its walltime `timeout`) to `client`; return where it
         landed and the payload's status (Prepared, unless a repeated send found the first one's payload further
         on)."""
@@ -68,8 +69,11 @@ class ClientAPI:
         head = b"".join(_field(boundary, name, value) for name, value in fields.items())
         heads = [_part_head(boundary, path.name) for path in files]
         tail = f"--{boundary}--\r\n".encode()
-        length = len(head) + len(tail) + sum(len(part) + path.stat().st_size + 2
-                                             for part, path in zip(heads, files, strict=True))
+        length = (
+            len(head)
+            + len(tail)
+            + sum(len(part) + path.stat().st_size + 2 for part, path in zip(heads, files, strict=True))
+        )
 
         async def produce(write: Callable[[bytes], Awaitable[None]]) -> None:
             await write(head)
@@ -120,8 +124,9 @@ class ClientAPI:
     async def _download(self, url: str, dest: Destination, zip_path: Path, zip_required: bool) -> dict | None:
         sink = _ZipOrJson(zip_path, self.tmp_path)
         try:
-            response = await self._fetch(url, headers=_expect(dest), header_callback=sink.header_line,
-                                         streaming_callback=sink.write)
+            response = await self._fetch(
+                url, headers=_expect(dest), header_callback=sink.header_line, streaming_callback=sink.write
+            )
             sink.close()
             if not sink.is_zip:
                 payload = _answer(url, response.code, bytes(sink.buffer))
@@ -137,8 +142,9 @@ class ClientAPI:
 
     async def _fetch(self, url: str, headers: dict | None = None, **kwargs) -> HTTPResponse:
         kwargs.setdefault("request_timeout", self.request_timeout)
-        request = HTTPRequest(url, headers={**(headers or {}), **self.auth}, connect_timeout=self.connect_timeout,
-                              **kwargs)
+        request = HTTPRequest(
+            url, headers={**(headers or {}), **self.auth}, connect_timeout=self.connect_timeout, **kwargs
+        )
         try:
             return await self.http.fetch(request, raise_error=False)
         except HTTPClientError as e:  # timed out, or the connection closed half-way
@@ -161,8 +167,11 @@ def _check_identity(url: str, headers: HTTPHeaders, dest: Destination) -> None:
     (A client of the original sends neither header: nothing to check.)"""
     instance = headers.get(INSTANCE_HEADER)
     if dest.instance and instance and instance != dest.instance:
-        raise ClientError(f"{url} is another client instance ({instance}) than the one that took the job "
-                          f"({dest.instance}): its data was lost", GONE)
+        raise ClientError(
+            f"{url} is another client instance ({instance}) than the one that took the job "
+            f"({dest.instance}): its data was lost",
+            GONE,
+        )
     _check_job(url, headers, dest.job_key)
 
 
@@ -187,8 +196,10 @@ def _field(boundary: str, name: str, value: str) -> bytes:
 
 def _part_head(boundary: str, name: str) -> bytes:
     quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-    return (f'--{boundary}\r\nContent-Disposition: form-data; name="{quoted}"; filename="{quoted}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{quoted}"; filename="{quoted}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
 
 
 def _answer(url: str, code: int, body: bytes, empty_ok: bool = False) -> dict:

@@ -30,8 +30,9 @@ class Beat:
     a wake during a round runs one more round right after it, so no event is missed. `on_stop` ends what
     the ticks left running (the streams a watcher follows)."""
 
-    def __init__(self, ctx: Context, name: str, tick: Tick, interval: float,
-                 on_stop: Callable[[Context], None] | None = None):
+    def __init__(
+        self, ctx: Context, name: str, tick: Tick, interval: float, on_stop: Callable[[Context], None] | None = None
+    ):
         self.ctx, self.name, self.tick, self.on_stop = ctx, name, tick, on_stop
         self._periodic = PeriodicCallback(self.wake, timedelta(seconds=interval))
         self._running = False
@@ -72,13 +73,17 @@ def start_tasks(ctx: Context) -> list[Beat]:
     """Start the tasks of the context's mode; stop each with `stop()`."""
     config = ctx.config
     if config.mode == "server":
-        beats = [Beat(ctx, "sender", send_queued, config.sender_interval),
-                 Beat(ctx, "getter", poll_dispatched, config.getter_interval),
-                 Beat(ctx, "watcher", follow_clients, WATCHER_INTERVAL, on_stop=tracking.unfollow_all),
-                 Beat(ctx, "cleaner", clean_jobs, config.cleaner_interval)]
+        beats = [
+            Beat(ctx, "sender", send_queued, config.sender_interval),
+            Beat(ctx, "getter", poll_dispatched, config.getter_interval),
+            Beat(ctx, "watcher", follow_clients, WATCHER_INTERVAL, on_stop=tracking.unfollow_all),
+            Beat(ctx, "cleaner", clean_jobs, config.cleaner_interval),
+        ]
     else:
-        beats = [Beat(ctx, "runner", start_prepared, config.runner_interval),
-                 Beat(ctx, "cleaner", clean_payloads, config.cleaner_interval)]
+        beats = [
+            Beat(ctx, "runner", start_prepared, config.runner_interval),
+            Beat(ctx, "cleaner", clean_payloads, config.cleaner_interval),
+        ]
     for beat in beats:
         beat.start()
     return beats

@@ -43,5 +43,6 @@ async def clean_payloads(ctx: Context, now: float) -> int:
 
 
 async def _clean_quarantine(ctx: Context, now: float) -> int:
-    return await IOLoop.current().run_in_executor(None, ownership.clean_quarantine, ctx.data_path,
-                                                  now - ctx.config.max_age)
+    return await IOLoop.current().run_in_executor(
+        None, ownership.clean_quarantine, ctx.data_path, now - ctx.config.max_age
+    )

@@ -157,8 +157,12 @@ def pytest_terminal_summary(terminalreporter):
 def no_error_logs(caplog):
     """Fail a test that logs an error it did not expect (a test expecting one clears caplog)."""
     yield
-    errors = [record.getMessage() for when in ("setup", "call") for record in caplog.get_records(when)
-              if record.levelno >= logging.ERROR]
+    errors = [
+        record.getMessage()
+        for when in ("setup", "call")
+        for record in caplog.get_records(when)
+        if record.levelno >= logging.ERROR
+    ]
     assert not errors
 
 
@@ -191,23 +195,27 @@ def server(nodes, client) -> Node:
     return nodes("server", **services(client))
 
 
-def multipart(fields: dict[str, str] | None = None, files: dict[str, bytes] | None = None,
-              file_field: str = "file") -> tuple[bytes, str]:
+def multipart(
+    fields: dict[str, str] | None = None, files: dict[str, bytes] | None = None, file_field: str = "file"
+) -> tuple[bytes, str]:
     """A multipart/form-data body and its Content-Type."""
     boundary = uuid.uuid4().hex
     parts = []
     for name, value in (fields or {}).items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     for name, content in (files or {}).items():
-        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{name}"\r\n'
-                f"Content-Type: application/octet-stream\r\n\r\n")
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        )
         parts.append(head.encode() + content + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-async def upload(server: Node, files: dict[str, bytes], user_id: object = 1, service: str = "example",
-                 **extra_fields) -> tuple[int, dict]:
+async def upload(
+    server: Node, files: dict[str, bytes], user_id: object = 1, service: str = "example", **extra_fields
+) -> tuple[int, dict]:
     """POST /upload as a portal does; returns the code and the JSON body."""
     body, content_type = multipart({"user_id": str(user_id), "service": service, **extra_fields}, files)
     return await server.json("/upload", method="POST", body=body, headers={"Content-Type": content_type})

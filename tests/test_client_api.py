@@ -76,18 +76,25 @@ async def test_submitted_files_land_in_the_payload_folder_under_safe_names(clien
     code, body = await submit(client, files, file_field="anything")
     assert code == 200
     folder = client.config.data_path / str(body["id"])
-    assert data_files(client.config.data_path) == [f"{body['id']}/{name}" for name in ("data.txt", "evil.txt",
-                                                                                        "run.sh")]
+    assert data_files(client.config.data_path) == [
+        f"{body['id']}/{name}" for name in ("data.txt", "evil.txt", "run.sh")
+    ]
     assert (folder / "evil.txt").read_bytes() == b"evil"
     assert (folder / "data.txt").read_bytes() == b"data"
 
 
-@pytest.mark.parametrize(("content_type", "body"), [
-    ("application/json", b"{}"),
-    ("multipart/form-data; boundary=x", b"this is not a multipart body at all"),
-    ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="file"; filename="run.sh"\r\n'
-                                        b"\r\necho cut short"),
-], ids=["not-multipart", "garbage", "cut-short"])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b"{}"),
+        ("multipart/form-data; boundary=x", b"this is not a multipart body at all"),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="run.sh"\r\n\r\necho cut short',
+        ),
+    ],
+    ids=["not-multipart", "garbage", "cut-short"],
+)
 async def test_submit_of_a_malformed_body_is_400_and_leaves_nothing(client, content_type, body):
     code, answer = await client.json("/submit", method="POST", body=body, headers={"Content-Type": content_type})
     assert code == 400
@@ -270,12 +277,15 @@ async def test_ping_and_health(client):
     assert await client.json("/health") == (200, {"status": "ok", "database": "ok"})
 
 
-@pytest.mark.parametrize(("method", "path", "code"), [
-    ("GET", "/nowhere", 404),
-    ("GET", "/kill/1", 405),
-    ("POST", "/retrieve/1", 405),
-    ("GET", "/submit", 405),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", "/nowhere", 404),
+        ("GET", "/kill/1", 405),
+        ("POST", "/retrieve/1", 405),
+        ("GET", "/submit", 405),
+    ],
+)
 async def test_unknown_paths_and_wrong_methods_answer_json_errors(client, method, path, code):
     response = await client.fetch(path, method=method, body=b"" if method == "POST" else None)
     assert response.code == code

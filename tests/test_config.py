@@ -34,10 +34,20 @@ def service_env(name: str, **settings: str) -> dict[str, str]:
 
 
 def test_service_config_keeps_its_fields_as_given():
-    service = ServiceConfig(name="foo", upload_url="http://a/submit", download_url="http://a/retrieve",
-                            terminate_url="http://a/kill", runs_per_user=3, max_runs=7)
+    service = ServiceConfig(
+        name="foo",
+        upload_url="http://a/submit",
+        download_url="http://a/retrieve",
+        terminate_url="http://a/kill",
+        runs_per_user=3,
+        max_runs=7,
+    )
     assert (service.name, service.upload_url, service.download_url, service.terminate_url) == (
-        "foo", "http://a/submit", "http://a/retrieve", "http://a/kill")
+        "foo",
+        "http://a/submit",
+        "http://a/retrieve",
+        "http://a/kill",
+    )
     assert (service.runs_per_user, service.max_runs) == (3, 7)
 
 
@@ -70,9 +80,16 @@ def test_service_variables_make_a_service_with_their_urls_and_limits():
         "SERVICE_FOO_MAX_RUNS": "2",
     }
     config = load("server", env)
-    assert config.services == {"foo": ServiceConfig(
-        name="foo", upload_url="http://node1:9000/submit", download_url="http://node1:9000/retrieve",
-        terminate_url="http://node1:9000/terminate", runs_per_user=3, max_runs=2)}
+    assert config.services == {
+        "foo": ServiceConfig(
+            name="foo",
+            upload_url="http://node1:9000/submit",
+            download_url="http://node1:9000/retrieve",
+            terminate_url="http://node1:9000/terminate",
+            runs_per_user=3,
+            max_runs=2,
+        )
+    }
 
 
 def test_several_services_are_all_parsed_with_their_own_urls():
@@ -277,8 +294,9 @@ def test_trailing_slashes_are_dropped_from_service_urls_since_ids_are_appended()
     ],
 )
 def test_partial_url_replaces_the_last_segment_of_the_download_url(download_url, partial_url):
-    client = ClientConfig(upload_url="http://node1:9000/submit", download_url=download_url,
-                          terminate_url="http://node1:9000/kill")
+    client = ClientConfig(
+        upload_url="http://node1:9000/submit", download_url=download_url, terminate_url="http://node1:9000/kill"
+    )
     assert client.partial_url == partial_url
 
 
@@ -295,14 +313,19 @@ def test_client_mode_ignores_service_variables():
     assert load("client", env).services == {}
 
 
-
-@pytest.mark.parametrize(("download_url", "address"), [
-    ("http://node1:9000/retrieve", "http://node1:9000"),
-    ("https://gw/api/retrieve", "https://gw/api"),
-])
+@pytest.mark.parametrize(
+    ("download_url", "address"),
+    [
+        ("http://node1:9000/retrieve", "http://node1:9000"),
+        ("https://gw/api/retrieve", "https://gw/api"),
+    ],
+)
 def test_a_client_is_named_by_its_address_and_found_again_at_it(download_url, address):
     client = ClientConfig("http://x/submit", download_url, "http://x/kill")
     assert client.address == address
     again = ClientConfig.at(address)
     assert (again.download_url, again.terminate_url, again.events_url) == (
-        f"{address}/retrieve", f"{address}/kill", f"{address}/events")
+        f"{address}/retrieve",
+        f"{address}/kill",
+        f"{address}/events",
+    )

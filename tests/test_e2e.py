@@ -31,8 +31,11 @@ class Process:
         self.log = folder / f"{mode}.log"
         with open(self.log, "wb") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, str(ROOT / "orchestrator.py"), mode, "--port", "0"], cwd=folder,
-                env={"PATH": os.environ["PATH"], **env}, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, str(ROOT / "orchestrator.py"), mode, "--port", "0"],
+                cwd=folder,
+                env={"PATH": os.environ["PATH"], **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         match = wait(lambda: LISTENING.search(self.log.read_text()) or self.popen.poll() is not None)
         assert isinstance(match, re.Match), self.log.read_text()
@@ -77,10 +80,15 @@ def request(url: str, body: bytes | None = None, headers: dict | None = None) ->
 
 def test_a_job_goes_through_two_orchestrator_processes(processes, tmp_path):
     client = processes("client", tmp_path / "client")
-    server = processes("server", tmp_path / "server", SERVICE_EXAMPLE_UPLOAD_URL=f"{client.url}/submit",
-                       SERVICE_EXAMPLE_DOWNLOAD_URL=f"{client.url}/retrieve")
-    body, content_type = multipart({"user_id": "7", "service": "example"},
-                                   {"run.sh": b"echo computed > answer.txt\n", "input.txt": b"42"})
+    server = processes(
+        "server",
+        tmp_path / "server",
+        SERVICE_EXAMPLE_UPLOAD_URL=f"{client.url}/submit",
+        SERVICE_EXAMPLE_DOWNLOAD_URL=f"{client.url}/retrieve",
+    )
+    body, content_type = multipart(
+        {"user_id": "7", "service": "example"}, {"run.sh": b"echo computed > answer.txt\n", "input.txt": b"42"}
+    )
     code, _, answer = request(f"{server.url}/upload", body, {"Content-Type": content_type})
     assert code == 201
     job_id = json.loads(answer)["id"]
@@ -97,9 +105,16 @@ def test_a_job_goes_through_two_orchestrator_processes(processes, tmp_path):
 
 def test_a_bad_setting_stops_start_up_with_one_line_naming_it(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "orchestrator.py"), "server"], cwd=tmp_path, capture_output=True, text=True,
-        env={"PATH": os.environ["PATH"], "SERVICE_EXAMPLE_UPLOAD_URL": "ftp://x/submit",
-             "SERVICE_EXAMPLE_DOWNLOAD_URL": "http://x/retrieve"}, timeout=TIMEOUT,
+        [sys.executable, str(ROOT / "orchestrator.py"), "server"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": os.environ["PATH"],
+            "SERVICE_EXAMPLE_UPLOAD_URL": "ftp://x/submit",
+            "SERVICE_EXAMPLE_DOWNLOAD_URL": "http://x/retrieve",
+        },
+        timeout=TIMEOUT,
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
@@ -107,8 +122,14 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(tmp_path):
 
 
 def start_client(folder: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "orchestrator.py"), "client"], cwd=folder, capture_output=True,
-                          text=True, env={"PATH": os.environ["PATH"], **env}, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "orchestrator.py"), "client"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **env},
+        timeout=TIMEOUT,
+    )
 
 
 def test_settings_are_read_from_dotenv_in_the_current_folder(tmp_path):
@@ -126,9 +147,11 @@ def test_the_environment_wins_over_dotenv(tmp_path):
 
 
 def test_version_and_help():
-    version = subprocess.run([sys.executable, str(ROOT / "orchestrator.py"), "--version"], capture_output=True,
-                             text=True, timeout=TIMEOUT)
+    version = subprocess.run(
+        [sys.executable, str(ROOT / "orchestrator.py"), "--version"], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert version.returncode == 0 and version.stdout.startswith("job-orchestrator ")
-    usage = subprocess.run([sys.executable, str(ROOT / "orchestrator.py"), "--help"], capture_output=True,
-                           text=True, timeout=TIMEOUT)
+    usage = subprocess.run(
+        [sys.executable, str(ROOT / "orchestrator.py"), "--help"], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert usage.returncode == 0 and "server" in usage.stdout and "--port" in usage.stdout

@@ -75,12 +75,17 @@ async def test_the_server_learns_from_the_stream_alone_that_a_job_ran_and_finish
     assert len([record for record in caplog.records if " /retrieve/" in record.getMessage()]) == 1
 
 
-@pytest.mark.parametrize(("body", "reached"), [
-    ("echo done > out.txt\n", "Completed"),
-    ("while [ ! -e ../../gate ]; do sleep 0.01; done\n", "Running"),
-], ids=["ended", "started"])
+@pytest.mark.parametrize(
+    ("body", "reached"),
+    [
+        ("echo done > out.txt\n", "Completed"),
+        ("while [ ! -e ../../gate ]; do sleep 0.01; done\n", "Running"),
+    ],
+    ids=["ended", "started"],
+)
 async def test_a_job_that_changes_before_its_send_is_recorded_is_asked_about_as_soon_as_it_is(
-        server, client, tmp_path, body, reached):
+    server, client, tmp_path, body, reached
+):
     """A quick job on a busy server: the client reports that it ended (or started) while the server still
     waits for the answer to its send. With the stream live the getter would ask only at its next sweep, half
     a minute later; the sender asks once the send is recorded."""

@@ -75,10 +75,12 @@ async def test_a_completed_job_has_its_zip_saved_in_the_job_folder_and_is_comple
     assert await poll(server) == 0  # a finished job is not polled any more
 
 
-@pytest.mark.parametrize(("files", "status"), [(script("exit 3\n"), "Failed"), ({"input.txt": b"x"}, "Invalid")],
-                         ids=["failed", "invalid"])
+@pytest.mark.parametrize(
+    ("files", "status"), [(script("exit 3\n"), "Failed"), ({"input.txt": b"x"}, "Invalid")], ids=["failed", "invalid"]
+)
 async def test_a_job_that_failed_or_was_invalid_on_its_client_gets_that_status_and_the_clients_message(
-        server, client, files, status):
+    server, client, files, status
+):
     job_id, payload_id = await dispatched(server, files)
     await run_on_client(client, payload_id, {status})
     assert await poll(server) == 1
@@ -114,7 +116,8 @@ async def test_a_job_its_client_no_longer_knows_becomes_unknown_with_the_reason(
 
 
 async def test_a_client_that_is_down_leaves_the_job_as_it_is_and_it_is_polled_again_after_a_backoff(
-        server, client, caplog):
+    server, client, caplog
+):
     job_id, _ = await dispatched(server, script("exit 0\n"))
     before = Job.get_by_id(job_id)
     client.stop()
@@ -122,8 +125,9 @@ async def test_a_client_that_is_down_leaves_the_job_as_it_is_and_it_is_polled_ag
     assert await poll(server, now) == 1
     after = Job.get_by_id(job_id)
     assert (after.status, after.message, after.updated_at) == ("Submitted", before.message, before.updated_at)
-    assert any(record.name == "orch.tracking" and "could not be reached" in record.getMessage()
-               for record in caplog.records)
+    assert any(
+        record.name == "orch.tracking" and "could not be reached" in record.getMessage() for record in caplog.records
+    )
     assert await poll(server, now + 0.5) == 0  # the client is in backoff
     assert await poll(server, now + 1) == 1
 
@@ -152,8 +156,11 @@ async def test_a_poll_in_flight_is_not_started_twice(server, client, caplog):
     assert await poll_dispatched(server.ctx, now) == 0
     assert server.ctx.inflight.keys("poll") == [("poll", job_id)]
     await server.settle()
-    retrieves = [record for record in caplog.records
-                 if record.name == "tornado.access" and f"GET /retrieve/{payload_id} " in record.getMessage()]
+    retrieves = [
+        record
+        for record in caplog.records
+        if record.name == "tornado.access" and f"GET /retrieve/{payload_id} " in record.getMessage()
+    ]
     assert len(retrieves) == 1
     assert await poll_dispatched(server.ctx, now) == 1  # once it is done, the next round polls again
     await server.settle()

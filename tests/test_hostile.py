@@ -43,8 +43,12 @@ def field(name: bytes, value: bytes, boundary: bytes = BOUNDARY) -> bytes:
 
 
 def file_part(filename: bytes, content: bytes = b"", boundary: bytes = BOUNDARY) -> bytes:
-    return part(b'form-data; name="file"; filename="' + filename + b'"', content,
-                b"Content-Type: application/octet-stream\r\n", boundary)
+    return part(
+        b'form-data; name="file"; filename="' + filename + b'"',
+        content,
+        b"Content-Type: application/octet-stream\r\n",
+        boundary,
+    )
 
 
 def body(*parts: bytes, fields: dict[str, bytes] = FIELDS, boundary: bytes = BOUNDARY) -> bytes:
@@ -98,8 +102,11 @@ def staged(node) -> list[Path]:
     what is in its scratch folder."""
     if node.config.mode == "server":
         known = {job.folder for job in Job.select(Job.folder)}
-        return [path for path in node.config.data_path.iterdir()
-                if path.is_dir() and not path.name.startswith(".") and path.name not in known]
+        return [
+            path
+            for path in node.config.data_path.iterdir()
+            if path.is_dir() and not path.name.startswith(".") and path.name not in known
+        ]
     return list(node.config.tmp_path.iterdir()) if node.config.tmp_path.exists() else []
 
 
@@ -160,11 +167,16 @@ def orchestrators(tmp_path):
     client = Process("client", tmp_path / "client", {"DB_PATH": "client.sqlite", "DATA_PATH": "data"})
     started = [client]
     try:
-        server = Process("server", tmp_path / "server", {
-            "DB_PATH": "server.sqlite", "DATA_PATH": "data",
-            "SERVICE_EXAMPLE_UPLOAD_URL": f"{client.url}/submit",
-            "SERVICE_EXAMPLE_DOWNLOAD_URL": f"{client.url}/retrieve",
-        })
+        server = Process(
+            "server",
+            tmp_path / "server",
+            {
+                "DB_PATH": "server.sqlite",
+                "DATA_PATH": "data",
+                "SERVICE_EXAMPLE_UPLOAD_URL": f"{client.url}/submit",
+                "SERVICE_EXAMPLE_DOWNLOAD_URL": f"{client.url}/retrieve",
+            },
+        )
         started.append(server)
         yield {"server": server, "client": client}
     finally:
@@ -178,23 +190,43 @@ def folders_without_a_row(data_path: Path, db_path: Path, query: str) -> list[st
     """Folders under DATA_PATH (but .tmp and .control) that no row of the (stopped) node's database names."""
     with sqlite3.connect(db_path) as db:
         known = {str(name) for (name,) in db.execute(query)}
-    return sorted(entry.name for entry in data_path.iterdir()
-                  if entry.is_dir() and entry.name not in (".tmp", ".control") and entry.name not in known)
+    return sorted(
+        entry.name
+        for entry in data_path.iterdir()
+        if entry.is_dir() and entry.name not in (".tmp", ".control") and entry.name not in known
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["server", "client"])
-def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_openapi_document(orchestrators, tmp_path,
-                                                                                        mode):
+def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_openapi_document(orchestrators, tmp_path, mode):
     """Schemathesis (coverage, fuzzing and stateful phases) against one mode's OpenAPI document: no 5xx, every
     answer as documented; both processes still serve afterwards, logged no traceback, and left no folder that
     belongs to no job or payload."""
     target = orchestrators[mode]
     run = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{target.url}/api-docs/openapi.json", "--checks", CHECKS,
-         "--max-examples", str(SCHEMATHESIS_EXAMPLES), "--generation-deterministic", "--workers", "1",
-         "--request-timeout", "10", "--no-color"],
-        cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=SCHEMATHESIS_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{target.url}/api-docs/openapi.json",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            str(SCHEMATHESIS_EXAMPLES),
+            "--generation-deterministic",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=SCHEMATHESIS_TIMEOUT,
     )
 
     for process in orchestrators.values():
@@ -202,10 +234,18 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_openapi_do
         code, _, answer = http_request(f"{process.url}/health")
         assert (code, json.loads(answer)) == (200, {"status": "ok", "database": "ok"})
         assert process.stop() == 0
-    assert folders_without_a_row(tmp_path / "server" / "data", tmp_path / "server" / "server.sqlite",
-                                 "SELECT folder FROM jobs") == []
-    assert folders_without_a_row(tmp_path / "client" / "data", tmp_path / "client" / "client.sqlite",
-                                 "SELECT id FROM payloads") == []
+    assert (
+        folders_without_a_row(
+            tmp_path / "server" / "data", tmp_path / "server" / "server.sqlite", "SELECT folder FROM jobs"
+        )
+        == []
+    )
+    assert (
+        folders_without_a_row(
+            tmp_path / "client" / "data", tmp_path / "client" / "client.sqlite", "SELECT id FROM payloads"
+        )
+        == []
+    )
     problems = []
     if run.returncode != 0:
         problems.append(f"schemathesis exited with {run.returncode}:\n{run.stdout[-8000:]}{run.stderr[-2000:]}")
@@ -213,7 +253,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_openapi_do
         log = process.log.read_text()
         if "Traceback" in log:
             first = log.index("Traceback")
-            problems.append(f"the {name}'s log has a traceback:\n{log[max(0, first - 500):first + 3000]}")
+            problems.append(f"the {name}'s log has a traceback:\n{log[max(0, first - 500) : first + 3000]}")
     assert not problems, "\n\n".join(problems)
 
 
@@ -248,16 +288,20 @@ async def test_unicode_file_names_are_kept_on_the_server_and_on_the_client(serve
     assert all((payload_folder / name).read_bytes() == name.encode() for name in UNICODE_NAMES)
 
 
-@pytest.mark.parametrize(("raw", "saved"), [
-    (b"a\tb.txt", "ab.txt"),
-    (b"a\x00b.txt", "ab.txt"),
-    (b"\x1b[31mred\x7f.txt", "[31mred.txt"),
-    (b"a\rb.txt", None),  # a bare CR in a header line is malformed too
-    (b"a\nb.txt", "ab.txt"),
-    (b"a\r\nb.txt", None),  # a line break inside the part's header: the header is malformed
-    (b"../\x00../etc/passwd", "passwd"),
-    (b"\t\r\n", None),
-], ids=["tab", "nul", "escape-and-del", "cr", "lf", "crlf", "nul-in-traversal", "only-controls"])
+@pytest.mark.parametrize(
+    ("raw", "saved"),
+    [
+        (b"a\tb.txt", "ab.txt"),
+        (b"a\x00b.txt", "ab.txt"),
+        (b"\x1b[31mred\x7f.txt", "[31mred.txt"),
+        (b"a\rb.txt", None),  # a bare CR in a header line is malformed too
+        (b"a\nb.txt", "ab.txt"),
+        (b"a\r\nb.txt", None),  # a line break inside the part's header: the header is malformed
+        (b"../\x00../etc/passwd", "passwd"),
+        (b"\t\r\n", None),
+    ],
+    ids=["tab", "nul", "escape-and-del", "cr", "lf", "crlf", "nul-in-traversal", "only-controls"],
+)
 async def test_control_characters_in_file_names_are_removed_or_the_upload_is_refused(server, tmp_path, raw, saved):
     """Control characters never reach a file name: removed (the file lands in the job's folder) or, when they
     break the part's header, the upload is a 400 that leaves nothing."""
@@ -283,13 +327,20 @@ async def test_a_text_field_of_one_megabyte_is_refused_with_400_and_the_files_be
     assert_server_left_nothing(server)
 
 
-@pytest.mark.parametrize("huge", [
-    b"X-Padding: " + b"a" * 100_000 + b"\r\n",
-    b"Content-Type: text/plain; charset=" + b"a" * 100_000 + b"\r\n",
-], ids=["extra-header", "content-type"])
+@pytest.mark.parametrize(
+    "huge",
+    [
+        b"X-Padding: " + b"a" * 100_000 + b"\r\n",
+        b"Content-Type: text/plain; charset=" + b"a" * 100_000 + b"\r\n",
+    ],
+    ids=["extra-header", "content-type"],
+)
 async def test_a_part_header_line_of_100_kb_is_refused_with_4xx_and_leaves_nothing(server, huge):
-    code, answer = await post(server, "/upload", body(file_part(b"before.txt", b"x"),
-                                                      part(b'form-data; name="file"; filename="a.txt"', b"x", huge)))
+    code, answer = await post(
+        server,
+        "/upload",
+        body(file_part(b"before.txt", b"x"), part(b'form-data; name="file"; filename="a.txt"', b"x", huge)),
+    )
     assert 400 <= code < 500, answer
     assert answer["message"].startswith("malformed multipart body")
     assert_server_left_nothing(server)
@@ -320,8 +371,9 @@ async def test_a_long_boundary_makes_a_job_or_a_4xx_never_a_5xx(server, length):
 async def test_a_body_shorter_than_its_content_length_then_a_close_leaves_nothing(server):
     payload = body(file_part(b"run.sh", RUN_SH), file_part(b"big.bin", b"x" * 100_000))
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
-    writer.write(request_head("/upload", f"Content-Type: {content_type()}", f"Content-Length: {len(payload) + 5000}")
-                 + payload)
+    writer.write(
+        request_head("/upload", f"Content-Type: {content_type()}", f"Content-Length: {len(payload) + 5000}") + payload
+    )
     await writer.drain()
     await wait_for(lambda: sum(len(data_files(folder)) for folder in staged(server)) == 2)  # written, rest awaited
     writer.close()
@@ -336,7 +388,7 @@ def chunk(data: bytes) -> bytes:
 
 def chunked(payload: bytes, framing: str) -> bytes:
     """`payload` in two chunks and the last one, with one framing error (or none: "good")."""
-    first, second = payload[:len(payload) // 2], payload[len(payload) // 2:]
+    first, second = payload[: len(payload) // 2], payload[len(payload) // 2 :]
     last = b"0\r\n\r\n"
     return {
         "good": chunk(first) + chunk(second) + last,
@@ -351,9 +403,16 @@ def chunked(payload: bytes, framing: str) -> bytes:
     }[framing]
 
 
-BAD_FRAMINGS = ["size-not-hex", "negative-size", "size-with-extension-junk", "size-line-over-64-bytes",
-                "no-crlf-after-data", "size-over-the-body-limit", "size-bigger-than-sent-then-close",
-                "no-last-chunk-then-close"]
+BAD_FRAMINGS = [
+    "size-not-hex",
+    "negative-size",
+    "size-with-extension-junk",
+    "size-line-over-64-bytes",
+    "no-crlf-after-data",
+    "size-over-the-body-limit",
+    "size-bigger-than-sent-then-close",
+    "no-last-chunk-then-close",
+]
 
 
 async def send_chunked(node, path: str, payload: bytes, framing: str) -> tuple[int | None, bytes]:
@@ -392,9 +451,11 @@ MALFORMED = {
     "empty-body": (content_type(), b""),
     "only-a-preamble": (content_type(), b"nothing but a preamble\r\n"),
     "file-then-a-broken-delimiter": (content_type(), body(file_part(b"run.sh", RUN_SH))[:-8] + b"\x00\x00garbage"),
-    "no-closing-boundary": (content_type(), body(file_part(b"run.sh", RUN_SH))[:-len(BOUNDARY) - 6]),
-    "headers-never-end": (content_type(), body(file_part(b"run.sh", RUN_SH))[:-len(BOUNDARY) - 6]
-                          + b"--" + BOUNDARY + b"\r\nX-Header: never ends"),
+    "no-closing-boundary": (content_type(), body(file_part(b"run.sh", RUN_SH))[: -len(BOUNDARY) - 6]),
+    "headers-never-end": (
+        content_type(),
+        body(file_part(b"run.sh", RUN_SH))[: -len(BOUNDARY) - 6] + b"--" + BOUNDARY + b"\r\nX-Header: never ends",
+    ),
 }
 
 
@@ -406,14 +467,19 @@ async def test_a_malformed_multipart_body_is_400_and_leaves_nothing(server, kind
     assert_server_left_nothing(server)
 
 
-@pytest.mark.parametrize("kind", [
-    f'multipart/form-data; boundary="{BOUNDARY.decode()}"',
-    f"multipart/form-data; charset=utf-8; boundary={BOUNDARY.decode()}",
-    f"Multipart/Form-Data; BOUNDARY={BOUNDARY.decode()}",
-], ids=["quoted", "extra-parameter", "upper-case"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        f'multipart/form-data; boundary="{BOUNDARY.decode()}"',
+        f"multipart/form-data; charset=utf-8; boundary={BOUNDARY.decode()}",
+        f"Multipart/Form-Data; BOUNDARY={BOUNDARY.decode()}",
+    ],
+    ids=["quoted", "extra-parameter", "upper-case"],
+)
 async def test_a_content_type_written_differently_but_valid_makes_a_job(server, kind):
-    response = await server.fetch("/upload", method="POST", body=body(file_part(b"run.sh", RUN_SH)),
-                                  headers={"Content-Type": kind})
+    response = await server.fetch(
+        "/upload", method="POST", body=body(file_part(b"run.sh", RUN_SH)), headers={"Content-Type": kind}
+    )
     assert response.code == 201, response.body
     assert job_inputs(server, json.loads(response.body)["id"]) == ["run.sh"]
 
@@ -422,9 +488,17 @@ async def test_a_nested_multipart_mixed_part_is_a_text_field_and_the_job_keeps_i
     """RFC 7578 deprecates multipart/mixed inside form-data; as in the original, such a part is a text field
     (ignored) and never unpacked into files."""
     inner = b"inner-boundary"
-    mixed = (b"--" + inner + b'\r\nContent-Disposition: file; filename="nested.txt"\r\n\r\nnested\r\n'
-             + b"--" + inner + b'\r\nContent-Disposition: file; filename="../escape.txt"\r\n\r\nescape\r\n'
-             + b"--" + inner + b"--\r\n")
+    mixed = (
+        b"--"
+        + inner
+        + b'\r\nContent-Disposition: file; filename="nested.txt"\r\n\r\nnested\r\n'
+        + b"--"
+        + inner
+        + b'\r\nContent-Disposition: file; filename="../escape.txt"\r\n\r\nescape\r\n'
+        + b"--"
+        + inner
+        + b"--\r\n"
+    )
     mixed_part = part(b'form-data; name="files"', mixed, b"Content-Type: multipart/mixed; boundary=inner-boundary\r\n")
     code, answer = await post(server, "/upload", body(mixed_part, file_part(b"run.sh", RUN_SH)))
     assert code == 201, answer
@@ -439,16 +513,21 @@ async def test_a_part_with_a_filename_but_no_name_is_a_file(server):
     assert (folder / "run.sh").read_bytes() == RUN_SH
 
 
-@pytest.mark.parametrize(("values", "user_id"), [
-    ((b"1", b"2"), 2),
-    ((b"abc", b"3"), 3),
-    ((b"3", b"abc"), None),
-    ((b"4", b""), None),
-], ids=["both-valid", "first-invalid", "last-invalid", "last-empty"])
+@pytest.mark.parametrize(
+    ("values", "user_id"),
+    [
+        ((b"1", b"2"), 2),
+        ((b"abc", b"3"), 3),
+        ((b"3", b"abc"), None),
+        ((b"4", b""), None),
+    ],
+    ids=["both-valid", "first-invalid", "last-invalid", "last-empty"],
+)
 async def test_the_last_of_duplicate_user_id_fields_wins_as_in_the_original(server, values, user_id):
     parts = [field(b"user_id", value) for value in values]
-    code, answer = await post(server, "/upload", body(*parts, file_part(b"run.sh", RUN_SH),
-                                                      fields={"service": b"example"}))
+    code, answer = await post(
+        server, "/upload", body(*parts, file_part(b"run.sh", RUN_SH), fields={"service": b"example"})
+    )
     if user_id is None:
         assert (code, answer["message"]) == (400, "Invalid user_id, should be a number")
         assert_server_left_nothing(server)
@@ -470,14 +549,17 @@ async def test_empty_file_parts_are_saved_as_empty_files_and_sent_to_the_client(
     assert all(path.stat().st_size == 0 for path in payload_folder.iterdir())
 
 
-@pytest.mark.parametrize(("raw", "saved"), [
-    (b".tmp", ".tmp"),
-    (b"../.tmp", ".tmp"),
-    (b"..", "file"),
-    (b".", "file"),
-    (b"../..", "file"),
-    (b"/", "file"),
-])
+@pytest.mark.parametrize(
+    ("raw", "saved"),
+    [
+        (b".tmp", ".tmp"),
+        (b"../.tmp", ".tmp"),
+        (b"..", "file"),
+        (b".", "file"),
+        (b"../..", "file"),
+        (b"/", "file"),
+    ],
+)
 async def test_dot_names_stay_inside_the_jobs_folder(server, raw, saved):
     """`.tmp` (the name of the server's scratch folder), `..` and `.` are plain file names inside the job's
     folder; nothing lands in the scratch folder."""
@@ -502,11 +584,15 @@ async def test_a_method_tornado_does_not_know_is_405_json_without_an_error_log(s
 # --- slow uploads ---
 
 
-@pytest.mark.parametrize("sent", [
-    request_head("/upload", f"Content-Type: {content_type()}", "Content-Length: 100000"),
-    request_head("/upload", f"Content-Type: {content_type()}", "Transfer-Encoding: chunked"),
-    b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multip",
-], ids=["headers-no-body", "chunked-no-chunk", "half-the-headers"])
+@pytest.mark.parametrize(
+    "sent",
+    [
+        request_head("/upload", f"Content-Type: {content_type()}", "Content-Length: 100000"),
+        request_head("/upload", f"Content-Type: {content_type()}", "Transfer-Encoding: chunked"),
+        b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multip",
+    ],
+    ids=["headers-no-body", "chunked-no-chunk", "half-the-headers"],
+)
 async def test_an_upload_that_never_sends_its_body_does_not_block_other_uploads(server, sent):
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
     writer.write(sent)
@@ -536,8 +622,9 @@ async def test_submit_keeps_unicode_names_and_removes_control_characters(client)
     assert sorted(payload_files(client, answer["id"])) == sorted(names.values())
 
 
-@pytest.mark.parametrize(("raw", "saved"), [(b".control", ".control"), (b".tmp", ".tmp"), (b"..", "file"),
-                                            (b"../.control/1.exit", "1.exit")])
+@pytest.mark.parametrize(
+    ("raw", "saved"), [(b".control", ".control"), (b".tmp", ".tmp"), (b"..", "file"), (b"../.control/1.exit", "1.exit")]
+)
 async def test_submit_of_dot_names_keeps_them_inside_the_payload_folder(client, raw, saved):
     code, answer = await post(client, "/submit", body(file_part(raw, b"dots"), fields={}))
     assert code == 200, answer
@@ -548,8 +635,9 @@ async def test_submit_of_dot_names_keeps_them_inside_the_payload_folder(client, 
 
 @pytest.mark.parametrize("name", [b"job_key", b"timeout", b"comment"])
 async def test_submit_with_a_text_field_of_one_megabyte_is_400_and_leaves_nothing(client, name):
-    code, answer = await post(client, "/submit", body(file_part(b"run.sh", RUN_SH), field(name, b"1" * 1024 * 1024),
-                                                      fields={}))
+    code, answer = await post(
+        client, "/submit", body(file_part(b"run.sh", RUN_SH), field(name, b"1" * 1024 * 1024), fields={})
+    )
     assert code == 400
     assert answer["message"] == f"field '{name.decode()}' is larger than 65536 bytes"
     assert_client_left_nothing(client)
@@ -562,13 +650,15 @@ async def test_submit_with_a_part_header_of_100_kb_is_4xx_and_leaves_nothing(cli
     assert_client_left_nothing(client)
 
 
-@pytest.mark.parametrize("job_key", ["1\U0007299b", "clé", "a\x01b", "a\tb", " "],
-                         ids=["astral", "latin-1", "control", "tab", "space"])
+@pytest.mark.parametrize(
+    "job_key", ["1\U0007299b", "clé", "a\x01b", "a\tb", " "], ids=["astral", "latin-1", "control", "tab", "space"]
+)
 async def test_submit_with_a_job_key_a_header_cannot_carry_is_refused_or_served_never_500(client, job_key):
     """The job key comes back in a response header: a key that a header cannot carry is refused with a 400
     (nothing kept) or the payload is made and can be retrieved, never a 500 that leaves a payload behind."""
-    code, answer = await post(client, "/submit", body(file_part(b"run.sh", RUN_SH),
-                                                      fields={"job_key": job_key.encode()}))
+    code, answer = await post(
+        client, "/submit", body(file_part(b"run.sh", RUN_SH), fields={"job_key": job_key.encode()})
+    )
     assert code in (200, 400), answer
     if code == 400:
         assert_client_left_nothing(client)
@@ -581,8 +671,9 @@ async def test_submit_with_a_job_key_a_header_cannot_carry_is_refused_or_served_
 async def test_submit_shorter_than_its_content_length_then_closed_leaves_nothing(client):
     payload = body(file_part(b"run.sh", RUN_SH), fields={"job_key": b"k"})
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(client))
-    writer.write(request_head("/submit", f"Content-Type: {content_type()}", f"Content-Length: {len(payload) + 100}")
-                 + payload)
+    writer.write(
+        request_head("/submit", f"Content-Type: {content_type()}", f"Content-Length: {len(payload) + 100}") + payload
+    )
     await writer.drain()
     await wait_for(lambda: data_files(client.config.tmp_path))
     writer.close()

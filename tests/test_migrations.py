@@ -26,8 +26,11 @@ def version_1(path: Path, mode: str) -> sqlite3.Connection:
 def columns(db: sqlite3.Connection) -> dict[str, list[tuple]]:
     """Each table's columns (name, type, not null, default, primary key), and its indexes."""
     tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    return {table: sorted(row[1:] for row in db.execute(f'PRAGMA table_info("{table}")'))
-            + sorted(row[1:3] for row in db.execute(f'PRAGMA index_list("{table}")')) for table in tables}
+    return {
+        table: sorted(row[1:] for row in db.execute(f'PRAGMA table_info("{table}")'))
+        + sorted(row[1:3] for row in db.execute(f'PRAGMA index_list("{table}")'))
+        for table in tables
+    }
 
 
 @pytest.fixture
@@ -43,11 +46,14 @@ def test_a_version_1_server_database_is_upgraded_with_every_job_kept(tmp_path, c
     old = version_1(path, "server")
     statuses = sorted(JOB_STATUSES)
     for n, status in enumerate(statuses, 1):
-        old.execute("INSERT INTO jobs (id, user_id, service, status, folder, dest_id, message, created_at, "
-                    "updated_at) VALUES (?, ?, 'example', ?, ?, ?, ?, ?, ?)",
-                    (n, n, status, uuid.uuid4().hex, n if status != "Queued" else None, f"why {n}", NOW, NOW))
-        old.execute("INSERT INTO job_events (job_id, src, dst, at, reason) VALUES (?, NULL, 'Queued', ?, 'uploaded')",
-                    (n, NOW))
+        old.execute(
+            "INSERT INTO jobs (id, user_id, service, status, folder, dest_id, message, created_at, "
+            "updated_at) VALUES (?, ?, 'example', ?, ?, ?, ?, ?, ?)",
+            (n, n, status, uuid.uuid4().hex, n if status != "Queued" else None, f"why {n}", NOW, NOW),
+        )
+        old.execute(
+            "INSERT INTO job_events (job_id, src, dst, at, reason) VALUES (?, NULL, 'Queued', ?, 'uploaded')", (n, NOW)
+        )
     old.execute("INSERT INTO cursors VALUES ('example', 3)")
     old.commit()
     before = old.execute("SELECT * FROM jobs ORDER BY id").fetchall()
@@ -56,8 +62,10 @@ def test_a_version_1_server_database_is_upgraded_with_every_job_kept(tmp_path, c
     open_server_db(path)
 
     assert migrations.version(ServerFact) == migrations.latest(ServerFact)
-    after = server_db.execute_sql('SELECT id, user_id, service, status, folder, dest_id, dest_instance, message, '
-                                  'created_at, updated_at, finished_at FROM jobs ORDER BY id').fetchall()
+    after = server_db.execute_sql(
+        "SELECT id, user_id, service, status, folder, dest_id, dest_instance, message, "
+        "created_at, updated_at, finished_at FROM jobs ORDER BY id"
+    ).fetchall()
     assert after == before
     assert [job.client for job in Job.select()] == [None] * len(statuses)
     assert JobEvent.select().count() == len(statuses)
@@ -71,10 +79,14 @@ def test_a_version_1_client_database_is_upgraded_keeping_its_payloads_and_instan
     path = tmp_path / "client.sqlite"
     old = version_1(path, "client")
     old.execute("INSERT INTO instance VALUES ('abc123')")
-    old.execute("INSERT INTO payloads (id, status, job_key, pid, killed, message, created_at, updated_at) "
-                "VALUES (1, 'Running', 'key', 42, 0, '', ?, ?)", (NOW, NOW))
-    old.execute("INSERT INTO payload_events (payload_id, src, dst, at, reason) VALUES (1, NULL, 'Prepared', ?, '')",
-                (NOW,))
+    old.execute(
+        "INSERT INTO payloads (id, status, job_key, pid, killed, message, created_at, updated_at) "
+        "VALUES (1, 'Running', 'key', 42, 0, '', ?, ?)",
+        (NOW, NOW),
+    )
+    old.execute(
+        "INSERT INTO payload_events (payload_id, src, dst, at, reason) VALUES (1, NULL, 'Prepared', ?, '')", (NOW,)
+    )
     old.commit()
     old.close()
 
@@ -87,8 +99,9 @@ def test_a_version_1_client_database_is_upgraded_keeping_its_payloads_and_instan
     assert PayloadEvent.select().count() == 1
 
 
-@pytest.mark.parametrize(("mode", "opener", "db"), [("server", open_server_db, server_db),
-                                                    ("client", open_client_db, client_db)])
+@pytest.mark.parametrize(
+    ("mode", "opener", "db"), [("server", open_server_db, server_db), ("client", open_client_db, client_db)]
+)
 def test_an_upgraded_database_has_the_schema_of_a_new_one(tmp_path, closed, mode, opener, db):
     version_1(tmp_path / "old.sqlite", mode).close()
     opener(tmp_path / "old.sqlite")

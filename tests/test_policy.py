@@ -109,16 +109,28 @@ def test_the_originals_known_false_positives_pass(line):
     assert unsafe_reason(f"echo start\n{line}\necho end\n".encode()) is None
 
 
-@pytest.mark.parametrize("line", ["# curl is not used", "    # we used to wget this, now it ships with the job",
-                                  "#!/usr/bin/env bash", "# sudo is not needed"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "# curl is not used",
+        "    # we used to wget this, now it ships with the job",
+        "#!/usr/bin/env bash",
+        "# sudo is not needed",
+    ],
+)
 def test_comment_lines_are_ignored(line):
     assert unsafe_reason(f"{line}\necho ok\n".encode()) is None
 
 
-@pytest.mark.parametrize(("line", "label"), [("ls; curl x", "network tool: curl"),
-                                             ("ls && sudo reboot", "privilege escalation: sudo"),
-                                             ("true | su root", "privilege escalation: su"),
-                                             ("echo $(rm -rf /)", "destructive rm command")])
+@pytest.mark.parametrize(
+    ("line", "label"),
+    [
+        ("ls; curl x", "network tool: curl"),
+        ("ls && sudo reboot", "privilege escalation: sudo"),
+        ("true | su root", "privilege escalation: su"),
+        ("echo $(rm -rf /)", "destructive rm command"),
+    ],
+)
 def test_a_command_after_other_code_on_the_same_line_is_refused(line, label):
     assert unsafe_reason(f"{line}\n".encode()) == f"Unsafe script detected: {label}"
 
@@ -131,11 +143,12 @@ def test_a_script_over_20_mib_is_refused_as_too_large():
 def test_a_script_of_many_blank_lines_is_checked_without_hanging():
     """Blank lines must not make the check quadratic: it runs on the client's loop, which a script of 256 KiB
     of newlines would freeze for many minutes. (Run in a child process so that a regression fails, not hangs.)"""
-    code = ("from orch.policy import unsafe_reason; "
-            "print(unsafe_reason(b'\\n' * 256 * 1024 + b'curl http://example.com\\n'))")
+    code = (
+        "from orch.policy import unsafe_reason; "
+        "print(unsafe_reason(b'\\n' * 256 * 1024 + b'curl http://example.com\\n'))"
+    )
     try:
-        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                                timeout=HANG)
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=HANG)
     except subprocess.TimeoutExpired:
         pytest.fail(f"checking 256 KiB of blank lines took over {HANG} s")
     assert result.stdout == "Unsafe script detected: network tool: curl\n", result.stderr
@@ -200,5 +213,7 @@ async def test_a_job_refused_by_the_blocklist_is_invalid_on_the_server_with_the_
     await poll_dispatched(server.ctx, time.time())
     await server.settle()
     code, answer = await server.json(f"/download/{body['id']}")
-    assert (code, answer) == (200, {"id": body["id"], "status": "Invalid",
-                                    "message": "Unsafe script detected: dynamic code execution: eval"})
+    assert (code, answer) == (
+        200,
+        {"id": body["id"], "status": "Invalid", "message": "Unsafe script detected: dynamic code execution: eval"},
+    )

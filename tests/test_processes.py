@@ -391,8 +391,11 @@ def _tagged(tag: str) -> int | None:
     """The pid of a process carrying ORCHESTRATOR_RUN=<tag> other than a wrapper or bash, if any."""
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and f"ORCHESTRATOR_RUN={tag}".encode() in (entry / "environ").read_bytes().split(
-                    b"\0") and (entry / "comm").read_text().strip() == "sleep":
+            if (
+                entry.name.isdigit()
+                and f"ORCHESTRATOR_RUN={tag}".encode() in (entry / "environ").read_bytes().split(b"\0")
+                and (entry / "comm").read_text().strip() == "sleep"
+            ):
                 return int(entry.name)
         except OSError:
             pass

@@ -33,15 +33,23 @@ def db(tmp_path) -> Iterator[None]:
 
 def service(name: str = "example", runs_per_user: int = 5, max_runs: int = 10) -> ServiceConfig:
     base = f"http://127.0.0.1:9000/{name}"
-    return ServiceConfig(name=name, upload_url=f"{base}/submit", download_url=f"{base}/retrieve",
-                         terminate_url=f"{base}/kill", runs_per_user=runs_per_user, max_runs=max_runs)
+    return ServiceConfig(
+        name=name,
+        upload_url=f"{base}/submit",
+        download_url=f"{base}/retrieve",
+        terminate_url=f"{base}/kill",
+        runs_per_user=runs_per_user,
+        max_runs=max_runs,
+    )
 
 
 def queue(user_id: int, count: int = 1, service_name: str = "example") -> list[int]:
     """Queue `count` jobs of `user_id`; their ids, oldest first."""
     with server_db.atomic():
-        return [create(Job, S.QUEUED, NOW, user_id=user_id, service=service_name, folder=uuid.uuid4().hex).id
-                for _ in range(count)]
+        return [
+            create(Job, S.QUEUED, NOW, user_id=user_id, service=service_name, folder=uuid.uuid4().hex).id
+            for _ in range(count)
+        ]
 
 
 def path_to(target: Status, start: Status = S.QUEUED) -> list[Status]:

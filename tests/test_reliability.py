@@ -107,9 +107,12 @@ async def test_a_repeated_submit_with_the_same_job_key_answers_the_same_payload_
 
 
 async def test_submits_without_a_job_key_or_with_different_keys_make_different_payloads(client):
-    ids = {await submitted(client, script("exit 0\n")), await submitted(client, script("exit 0\n")),
-           await submitted(client, script("exit 0\n"), job_key="a"),
-           await submitted(client, script("exit 0\n"), job_key="b")}
+    ids = {
+        await submitted(client, script("exit 0\n")),
+        await submitted(client, script("exit 0\n")),
+        await submitted(client, script("exit 0\n"), job_key="a"),
+        await submitted(client, script("exit 0\n"), job_key="b"),
+    }
     assert len(ids) == 4
 
 
@@ -124,7 +127,8 @@ async def test_the_sender_sends_the_jobs_key_and_records_the_clients_instance(se
 
 
 async def test_a_send_repeated_after_a_crash_finds_the_payload_of_the_first_send_and_runs_the_job_once(
-        server, client, tmp_path):
+    server, client, tmp_path
+):
     """The server claimed a job and its send reached the client, then the server died before recording it:
     recovery requeues the job, and the next send gets the same payload instead of a second run."""
     _, body = await upload(server, {**script(LEDGER_LINE + "echo done > out.txt\n"), "input.txt": b"42"})
@@ -132,8 +136,9 @@ async def test_a_send_repeated_after_a_crash_finds_the_payload_of_the_first_send
     assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
     job = Job.get_by_id(job_id)
     inputs = jobs.folder(server.ctx, job)
-    first = await submitted(client, {path.name: path.read_bytes() for path in inputs.iterdir()},
-                            job_key=job.folder)  # the first send, whose answer was lost in the crash
+    first = await submitted(
+        client, {path.name: path.read_bytes() for path in inputs.iterdir()}, job_key=job.folder
+    )  # the first send, whose answer was lost in the crash
 
     jobs.recover(server.ctx)
     assert job_status(job_id) == "Queued"
@@ -160,8 +165,9 @@ async def test_a_send_repeated_after_a_crash_that_finds_the_job_ended_fetches_it
     job_id = body["id"]
     assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
     job = Job.get_by_id(job_id)
-    first = await submitted(client, {path.name: path.read_bytes() for path in jobs.folder(server.ctx, job).iterdir()},
-                            job_key=job.folder)
+    first = await submitted(
+        client, {path.name: path.read_bytes() for path in jobs.folder(server.ctx, job).iterdir()}, job_key=job.folder
+    )
     await run_on_client(client, [first])
 
     jobs.recover(server.ctx)
@@ -369,7 +375,8 @@ async def test_a_submit_with_an_invalid_timeout_is_400_and_leaves_nothing(client
 
 
 async def test_a_running_payload_without_pid_process_or_exit_status_goes_back_to_prepared_and_runs_once(
-        client, tmp_path):
+    client, tmp_path
+):
     payload_id = await submitted(client, script(LEDGER_LINE))
     assert transition(Payload, payload_id, Status.PREPARED, Status.RUNNING, time.time())  # pid stays 0
     assert await start_prepared(client.ctx, time.time()) == 0
@@ -388,8 +395,13 @@ def spawn_as_a_previous_client(client: Node, payload_id: int):
     """Start a payload's run the way the runner does (a client that stopped before it recorded the pid)."""
     payload = Payload.get_by_id(payload_id)
     folder = payloads.folder(client.ctx, payload_id)
-    return processes.spawn(folder, folder / payloads.LOG, payloads.exit_file(client.ctx, payload_id),
-                           client.config.job_environment, payloads.run_of(client.ctx, payload).tag)
+    return processes.spawn(
+        folder,
+        folder / payloads.LOG,
+        payloads.exit_file(client.ctx, payload_id),
+        client.config.job_environment,
+        payloads.run_of(client.ctx, payload).tag,
+    )
 
 
 async def test_a_running_payload_without_pid_whose_run_is_alive_is_found_and_not_started_twice(client, tmp_path):
@@ -426,8 +438,9 @@ async def test_an_adopted_run_past_its_deadline_is_killed_and_fails_with_timeout
     exited = process.wait_for_exit(raise_error=False)
     sleep_pid = payloads.folder(client.ctx, payload_id) / "sleep.pid"
     await wait_for(lambda: sleep_pid.exists() and sleep_pid.read_text().strip())
-    Payload.update(pid=process.pid, started_at=processes.start_time(process.pid),
-                   deadline=time.time() - 1).where(Payload.id == payload_id).execute()
+    Payload.update(pid=process.pid, started_at=processes.start_time(process.pid), deadline=time.time() - 1).where(
+        Payload.id == payload_id
+    ).execute()
 
     assert await start_prepared(client.ctx, time.time()) == 0
     await wait_for(lambda: payload_status(payload_id) in DONE)

@@ -155,8 +155,9 @@ async def test_a_running_payload_whose_process_ended_while_the_client_was_down_f
     gone.wait()
     payload_id = await submit(client, script("exit 0\n"))
     # As a previous client process left it: Running, with the pid of a process that is gone, no exit file.
-    assert transition(Payload, payload_id, Status.PREPARED, Status.RUNNING, time.time(), pid=gone.pid,
-                      started_at=started_at)
+    assert transition(
+        Payload, payload_id, Status.PREPARED, Status.RUNNING, time.time(), pid=gone.pid, started_at=started_at
+    )
     assert not payloads.exit_file(client.ctx, payload_id).exists()
 
     assert await start_prepared(client.ctx, time.time()) == 0
@@ -172,6 +173,9 @@ async def test_no_child_or_zombie_process_remains_after_50_short_jobs(client):
     await wait_for(lambda: all(payload_status(payload_id) in DONE for payload_id in ids))
     assert {payload_status(payload_id) for payload_id in ids} == {"Completed"}
     assert psutil.Process().children(recursive=True) == []
-    zombies = [p for p in psutil.process_iter(["ppid", "status"])
-               if p.info["ppid"] == psutil.Process().pid and p.info["status"] == psutil.STATUS_ZOMBIE]
+    zombies = [
+        p
+        for p in psutil.process_iter(["ppid", "status"])
+        if p.info["ppid"] == psutil.Process().pid and p.info["status"] == psutil.STATUS_ZOMBIE
+    ]
     assert zombies == []

@@ -56,10 +56,21 @@ async def call(client: Node, method: str, path: str, headers: dict[str, str]) ->
     return response.code, response.headers.get("Content-Type", ""), response.body
 
 
-PROTECTED = [("POST", "/submit"), ("GET", "/retrieve/1"), ("GET", "/retrieve_partial/1"), ("POST", "/kill/1"),
-             ("GET", "/load")]
-WRONG = [{}, auth("wrong"), auth(TOKEN + "2"), auth(TOKEN[:-1]), {"Authorization": TOKEN},
-         {"Authorization": "Basic czNjcmV0"}]
+PROTECTED = [
+    ("POST", "/submit"),
+    ("GET", "/retrieve/1"),
+    ("GET", "/retrieve_partial/1"),
+    ("POST", "/kill/1"),
+    ("GET", "/load"),
+]
+WRONG = [
+    {},
+    auth("wrong"),
+    auth(TOKEN + "2"),
+    auth(TOKEN[:-1]),
+    {"Authorization": TOKEN},
+    {"Authorization": "Basic czNjcmV0"},
+]
 
 
 # The token on the client's API.
@@ -69,8 +80,9 @@ WRONG = [{}, auth("wrong"), auth(TOKEN + "2"), auth(TOKEN[:-1]), {"Authorization
 async def test_a_client_with_a_token_answers_401_json_to_calls_without_it_and_does_nothing(nodes, headers):
     client = nodes("client", orch_token=TOKEN)
     body, content_type = multipart(files=script("exit 0\n"))
-    response = await client.fetch("/submit", method="POST", body=body,
-                                  headers={"Content-Type": content_type, **auth(TOKEN)})
+    response = await client.fetch(
+        "/submit", method="POST", body=body, headers={"Content-Type": content_type, **auth(TOKEN)}
+    )
     assert json.loads(response.body)["id"] == 1
 
     for method, path in PROTECTED:
@@ -143,8 +155,9 @@ async def test_no_log_record_at_any_level_contains_the_token(nodes, caplog):
     _, done = await upload(server, script("echo hello > out.txt\n"))
     _, failing = await upload(server, script("exit 3\n"))
     _, killed = await upload(server, script("while [ ! -e go ]; do sleep 0.01; done\n"))
-    await wait_for(lambda: {job_status(done["id"]), job_status(failing["id"])} <= DONE
-                   and job_status(killed["id"]) == "Running")
+    await wait_for(
+        lambda: {job_status(done["id"]), job_status(failing["id"])} <= DONE and job_status(killed["id"]) == "Running"
+    )
     assert (await server.fetch(f"/download/{done['id']}")).code == 200
     assert (await server.fetch(f"/download_partial/{killed['id']}")).code == 200
     assert (await server.fetch(f"/terminate/{killed['id']}", method="POST", body=b"")).code == 200
@@ -185,8 +198,12 @@ def test_a_server_needs_no_token_to_listen_everywhere():
 
 def test_orchestrator_client_beyond_loopback_without_a_token_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "orchestrator.py"), "client", "--host", "0.0.0.0", "--port", "0"], cwd=tmp_path,
-        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
+        [sys.executable, str(ROOT / "orchestrator.py"), "client", "--host", "0.0.0.0", "--port", "0"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
@@ -200,7 +217,10 @@ async def test_orchestrator_client_beyond_loopback_with_insecure_starts_and_stop
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "orchestrator.py"), "client", "--host", "0.0.0.0", "--port", "0", "--insecure"],
-            cwd=tmp_path, env={"PATH": os.environ["PATH"]}, stdout=output, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env={"PATH": os.environ["PATH"]},
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     try:
         await wait_for(lambda: "listening on" in log.read_text() or process.poll() is not None)
@@ -217,11 +237,19 @@ async def test_orchestrator_client_beyond_loopback_with_insecure_starts_and_stop
 
 
 async def test_a_job_gets_only_the_variables_job_env_names(nodes):
-    client = nodes("client", job_env="PATH,FOO", foo="bar", orch_token="t0k3n", path=os.environ["PATH"],
-                   home="/home/someone", secret_key="abc")
+    client = nodes(
+        "client",
+        job_env="PATH,FOO",
+        foo="bar",
+        orch_token="t0k3n",
+        path=os.environ["PATH"],
+        home="/home/someone",
+        secret_key="abc",
+    )
     body, content_type = multipart(files=script("env > env.txt\n"))
-    response = await client.fetch("/submit", method="POST", body=body,
-                                  headers={"Content-Type": content_type, **auth("t0k3n")})
+    response = await client.fetch(
+        "/submit", method="POST", body=body, headers={"Content-Type": content_type, **auth("t0k3n")}
+    )
     payload_id = json.loads(response.body)["id"]
     await start_prepared(client.ctx, time.time())
     await wait_for(lambda: payload_status(payload_id) in DONE)

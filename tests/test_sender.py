@@ -32,8 +32,11 @@ def routed_to(port: int) -> dict[str, str]:
 
 
 def sender_warnings(caplog) -> list[str]:
-    return [record.getMessage() for record in caplog.records
-            if record.name == "orch.dispatch" and record.levelno == logging.WARNING]
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "orch.dispatch" and record.levelno == logging.WARNING
+    ]
 
 
 async def test_a_queued_job_is_claimed_then_sent_and_the_client_has_its_files(server, client):
@@ -64,7 +67,8 @@ async def test_the_quota_limits_how_many_jobs_a_round_claims(nodes, client):
 
 
 async def test_a_client_that_is_down_puts_the_job_back_in_the_queue_and_the_service_in_backoff(
-        nodes, closed_port, caplog):
+    nodes, closed_port, caplog
+):
     server = nodes("server", **routed_to(closed_port.getsockname()[1]))
     _, body = await upload(server, FILES)
     now = time.time()
@@ -91,8 +95,9 @@ async def test_a_client_that_is_down_is_tried_again_one_second_later(nodes, clos
 
 
 async def test_a_client_that_refuses_the_job_with_a_4xx_fails_it_with_the_reason(nodes, client):
-    server = nodes("server", service_example_upload_url=f"{client.url}/nope",
-                   service_example_download_url=f"{client.url}/retrieve")
+    server = nodes(
+        "server", service_example_upload_url=f"{client.url}/nope", service_example_download_url=f"{client.url}/retrieve"
+    )
     _, body = await upload(server, FILES)
     now = time.time()
     assert await send_queued(server.ctx, now) == 1

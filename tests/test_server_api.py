@@ -33,8 +33,9 @@ RUN_SH = script("echo hello > out.txt\n")
 ERROR_KEYS = {"id", "status", "message"}
 
 
-async def post_upload(server, fields: dict[str, str], files: dict[str, bytes] | None = None,
-                      file_field: str = "file") -> tuple[int, dict]:
+async def post_upload(
+    server, fields: dict[str, str], files: dict[str, bytes] | None = None, file_field: str = "file"
+) -> tuple[int, dict]:
     """POST /upload with exactly these text fields and files."""
     body, content_type = multipart(fields, files, file_field)
     return await server.json("/upload", method="POST", body=body, headers={"Content-Type": content_type})
@@ -82,8 +83,7 @@ def closed_port() -> int:
 def lonely_server(nodes):
     """A server whose `example` service points to a client that is down (a closed port)."""
     down = f"http://127.0.0.1:{closed_port()}"
-    return nodes("server", service_example_upload_url=f"{down}/submit",
-                 service_example_download_url=f"{down}/retrieve")
+    return nodes("server", service_example_upload_url=f"{down}/submit", service_example_download_url=f"{down}/retrieve")
 
 
 @pytest.fixture
@@ -116,17 +116,20 @@ async def test_upload_queues_the_job_and_saves_its_files_in_the_job_folder(serve
     assert data_files(server.config.data_path) == [f"{job.folder}/data.txt", f"{job.folder}/run.sh"]
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"service": "example"}, "Missing user_id field"),
-    ({"user_id": "abc", "service": "example"}, "Invalid user_id, should be a number"),
-    ({"user_id": " 1", "service": "example"}, "Invalid user_id, should be a number"),
-    ({"user_id": "1.0", "service": "example"}, "Invalid user_id, should be a number"),
-    ({"user_id": "99999999999", "service": "example"}, "Invalid user_id, should be a number"),
-    ({"user_id": "", "service": "example"}, "Invalid user_id, should be a number"),
-    ({"user_id": "1"}, "Missing service field"),
-    ({"user_id": "1", "service": "unknownservice"}, "Invalid service"),
-    ({"user_id": "1", "service": "Example"}, "Invalid service"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"service": "example"}, "Missing user_id field"),
+        ({"user_id": "abc", "service": "example"}, "Invalid user_id, should be a number"),
+        ({"user_id": " 1", "service": "example"}, "Invalid user_id, should be a number"),
+        ({"user_id": "1.0", "service": "example"}, "Invalid user_id, should be a number"),
+        ({"user_id": "99999999999", "service": "example"}, "Invalid user_id, should be a number"),
+        ({"user_id": "", "service": "example"}, "Invalid user_id, should be a number"),
+        ({"user_id": "1"}, "Missing service field"),
+        ({"user_id": "1", "service": "unknownservice"}, "Invalid service"),
+        ({"user_id": "1", "service": "Example"}, "Invalid service"),
+    ],
+)
 async def test_upload_with_a_missing_or_wrong_field_is_refused_with_the_originals_message(server, fields, message):
     code, body = await post_upload(server, fields, RUN_SH)
     assert code == 400
@@ -166,8 +169,7 @@ async def test_upload_saves_files_under_their_base_name_inside_the_job_folder(se
 
 async def test_upload_with_a_content_length_over_the_limit_is_refused_with_413(small_server):
     body, content_type = multipart({"user_id": "1", "service": "example"}, {"run.sh": b"x" * 2000})
-    code, answer = await small_server.json("/upload", method="POST", body=body,
-                                           headers={"Content-Type": content_type})
+    code, answer = await small_server.json("/upload", method="POST", body=body, headers={"Content-Type": content_type})
     assert code == 413
     assert answer.keys() == ERROR_KEYS and "limit" in answer["message"]
     assert_left_nothing(small_server)
@@ -183,10 +185,11 @@ async def test_chunked_upload_over_the_limit_is_refused_with_413_and_its_partial
 
     async def produce(write) -> None:
         for start in range(0, len(body), 500):
-            await write(body[start:start + 500])
+            await write(body[start : start + 500])
 
-    request = HTTPRequest(small_server.url + "/upload", method="POST", headers={"Content-Type": content_type},
-                          body_producer=produce)
+    request = HTTPRequest(
+        small_server.url + "/upload", method="POST", headers={"Content-Type": content_type}, body_producer=produce
+    )
     response = await small_server.ctx.http.fetch(request, raise_error=False)
     assert "Content-Length" not in request.headers
     assert response.code == 413
@@ -194,12 +197,16 @@ async def test_chunked_upload_over_the_limit_is_refused_with_413_and_its_partial
     assert_left_nothing(small_server)
 
 
-@pytest.mark.parametrize(("content_type", "body"), [
-    ("application/json", b'{"user_id": 1, "service": "example"}'),
-    ("multipart/form-data", b"--x\r\n"),
-    ("multipart/form-data; boundary=x", b"this is not a multipart body at all"),
-    ("multipart/form-data; boundary=x", b'--x\r\nno-disposition: here\r\n\r\nvalue\r\n--x--\r\n'),
-], ids=["not-multipart", "no-boundary", "garbage", "part-without-disposition"])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"user_id": 1, "service": "example"}'),
+        ("multipart/form-data", b"--x\r\n"),
+        ("multipart/form-data; boundary=x", b"this is not a multipart body at all"),
+        ("multipart/form-data; boundary=x", b"--x\r\nno-disposition: here\r\n\r\nvalue\r\n--x--\r\n"),
+    ],
+    ids=["not-multipart", "no-boundary", "garbage", "part-without-disposition"],
+)
 async def test_upload_of_a_body_that_is_not_valid_multipart_is_refused_with_400(server, content_type, body):
     code, answer = await server.json("/upload", method="POST", body=body, headers={"Content-Type": content_type})
     assert code == 400
@@ -209,7 +216,7 @@ async def test_upload_of_a_body_that_is_not_valid_multipart_is_refused_with_400(
 
 async def test_upload_cut_before_its_closing_boundary_is_refused_with_400_and_its_files_removed(server):
     body, content_type = multipart({"user_id": "1", "service": "example"}, RUN_SH)
-    cut = body[:body.rindex(b"--" + content_type.split("=")[1].encode())]
+    cut = body[: body.rindex(b"--" + content_type.split("=")[1].encode())]
     code, answer = await server.json("/upload", method="POST", body=cut, headers={"Content-Type": content_type})
     assert code == 400
     assert "closing boundary" in answer["message"]
@@ -220,8 +227,11 @@ async def test_upload_dropped_by_the_portal_half_way_leaves_nothing_behind(serve
     body, content_type = multipart({"user_id": "1", "service": "example"}, {"run.sh": b"x" * 100_000})
     port = int(server.url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:50_000])
+    writer.write(
+        f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:50_000]
+    )
     await writer.drain()
     await wait_for(lambda: data_files(server.config.data_path))  # the file part is being written
     writer.close()
@@ -403,11 +413,15 @@ async def test_terminate_of_a_dispatched_job_kills_its_payload_on_the_client(ser
     assert payload_status(Job.get_by_id(job_id).dest_id) == "Killed"
 
 
-@pytest.mark.parametrize("path", [
-    (Status.PROCESSING, Status.SUBMITTED, Status.COMPLETED),
-    (Status.FAILED,),
-    (Status.KILLED,),
-], ids=["Completed", "Failed", "Killed"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        (Status.PROCESSING, Status.SUBMITTED, Status.COMPLETED),
+        (Status.FAILED,),
+        (Status.KILLED,),
+    ],
+    ids=["Completed", "Failed", "Killed"],
+)
 async def test_terminate_of_a_finished_job_is_409_with_its_status_and_changes_nothing(server, client, path):
     job_id = await queued_job(server)
     move(job_id, *path, **({"dest_id": 1} if Status.SUBMITTED in path else {}))
@@ -467,14 +481,17 @@ async def test_health_is_503_json_when_the_database_cannot_be_opened(server, tmp
     accept_error_logs(caplog, "503 GET /health")
 
 
-@pytest.mark.parametrize(("method", "path", "code"), [
-    ("GET", "/no/such/endpoint", 404),
-    ("POST", "/no/such/endpoint", 404),
-    ("GET", "/upload", 405),
-    ("DELETE", "/download/1", 405),
-    ("GET", "/terminate/1", 405),
-    ("POST", "/download/1", 405),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", "/no/such/endpoint", 404),
+        ("POST", "/no/such/endpoint", 404),
+        ("GET", "/upload", 405),
+        ("DELETE", "/download/1", 405),
+        ("GET", "/terminate/1", 405),
+        ("POST", "/download/1", 405),
+    ],
+)
 async def test_unknown_paths_and_wrong_methods_answer_the_one_json_error_body(server, method, path, code):
     response = await server.fetch(path, method=method, body=b"" if method == "POST" else None)
     assert response.code == code

@@ -42,6 +42,8 @@ from orch.states import (
 
 S = Status
 NOW = 1_700_000_000.0
+
+
 def job_fields() -> dict:
     """The fields of a new job (each job has its own folder)."""
     return {"user_id": 1, "service": "example", "folder": uuid.uuid4().hex}
@@ -147,7 +149,12 @@ def test_the_payload_machine():
 
 def test_statuses_are_stored_with_the_originals_json_names():
     assert [status.value for status in (S.QUEUED, S.PROCESSING, S.SUBMITTED, S.RUNNING, S.LOCKED)] == [
-        "Queued", "Processing", "Submitted", "Running", "Locked"]
+        "Queued",
+        "Processing",
+        "Submitted",
+        "Running",
+        "Locked",
+    ]
     assert S("Completed") is S.COMPLETED
 
 
@@ -170,8 +177,11 @@ def test_transition_moves_the_row_and_records_an_event(server):
     stored = Job.get_by_id(job.id)
     assert (stored.status, stored.updated_at, stored.dest_id, stored.message) == ("Submitted", NOW + 2, 42, "sent")
     assert stored.finished_at is None
-    assert events(job.id) == [(None, "Queued", NOW, ""), ("Queued", "Processing", NOW + 1, ""),
-                              ("Processing", "Submitted", NOW + 2, "sent")]
+    assert events(job.id) == [
+        (None, "Queued", NOW, ""),
+        ("Queued", "Processing", NOW + 1, ""),
+        ("Processing", "Submitted", NOW + 2, "sent"),
+    ]
 
 
 def test_transition_without_a_message_keeps_the_previous_one(server):
@@ -215,8 +225,15 @@ def test_transition_of_a_missing_row_returns_false_and_records_nothing(server):
 
 @pytest.mark.parametrize(
     ("src", "dst"),
-    [(S.COMPLETED, S.RUNNING), (S.QUEUED, S.RUNNING), (S.QUEUED, S.COMPLETED), (S.KILLED, S.QUEUED),
-     (S.RUNNING, S.QUEUED), (S.RUNNING, S.RUNNING), (S.QUEUED, S.PREPARED)]
+    [
+        (S.COMPLETED, S.RUNNING),
+        (S.QUEUED, S.RUNNING),
+        (S.QUEUED, S.COMPLETED),
+        (S.KILLED, S.QUEUED),
+        (S.RUNNING, S.QUEUED),
+        (S.RUNNING, S.RUNNING),
+        (S.QUEUED, S.PREPARED),
+    ]
     + [(S.CLEANED, dst) for dst in Status],
 )
 def test_an_illegal_transition_raises_before_touching_the_database(server, src, dst):
@@ -250,8 +267,16 @@ def test_an_invalid_transition_is_a_409_conflict():
 # ---- The database guards the machine too
 
 
-@pytest.mark.parametrize(("src", "dst"), [(S.COMPLETED, S.RUNNING), (S.CLEANED, S.QUEUED), (S.QUEUED, S.RUNNING),
-                                          (S.KILLED, S.COMPLETED), (S.LOCKED, S.QUEUED)])
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        (S.COMPLETED, S.RUNNING),
+        (S.CLEANED, S.QUEUED),
+        (S.QUEUED, S.RUNNING),
+        (S.KILLED, S.COMPLETED),
+        (S.LOCKED, S.QUEUED),
+    ],
+)
 def test_the_database_refuses_an_illegal_change_made_behind_transitions_back(server, src, dst):
     job = create(Job, src, NOW, **job_fields())
     with pytest.raises(IntegrityError, match="illegal status transition"):
@@ -267,8 +292,10 @@ def test_another_connection_to_the_file_cannot_bypass_the_guard(tmp_path, server
         with pytest.raises(sqlite3.IntegrityError, match="illegal status transition"):
             other.execute("UPDATE jobs SET status = 'Running' WHERE id = ?", (job.id,))
         with pytest.raises(sqlite3.IntegrityError):
-            other.execute("INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
-                          "VALUES (1, 'example', 'Bogus', 'f', '', 0, 0)")
+            other.execute(
+                "INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
+                "VALUES (1, 'example', 'Bogus', 'f', '', 0, 0)"
+            )
         other.execute("UPDATE jobs SET status = 'Cleaned' WHERE id = ?", (job.id,))
         other.commit()
     finally:
@@ -298,7 +325,10 @@ def test_the_database_refuses_an_illegal_payload_change(client):
     stored = Payload.get_by_id(payload.id)
     assert (stored.status, stored.pid, stored.exit_code, stored.finished_at) == ("Completed", 1234, 0, NOW + 2)
     assert [(e.src, e.dst) for e in PayloadEvent.select().order_by(PayloadEvent.id)] == [
-        (None, "Prepared"), ("Prepared", "Running"), ("Running", "Completed")]
+        (None, "Prepared"),
+        ("Prepared", "Running"),
+        ("Running", "Completed"),
+    ]
 
 
 @pytest.mark.parametrize("status", ["Bogus", "queued", "", "Pending", "Prepared"])
@@ -380,8 +410,9 @@ def test_a_database_in_a_missing_folder_is_refused_naming_db_path_and_nothing_is
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.mark.parametrize(("opener", "db", "facts"), [(open_server_db, server_db, ServerFact),
-                                                     (open_client_db, client_db, ClientFact)])
+@pytest.mark.parametrize(
+    ("opener", "db", "facts"), [(open_server_db, server_db, ServerFact), (open_client_db, client_db, ClientFact)]
+)
 def test_a_database_with_a_newer_schema_is_refused_naming_db_path(tmp_path, opener, db, facts):
     path: Path = tmp_path / "newer.sqlite"
     opener(path)

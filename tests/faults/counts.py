@@ -12,6 +12,7 @@ def report(name: str, cluster: Cluster, statuses: dict[str, str], **extra: int) 
     lost = sum(status != "Completed" for status in statuses.values())
     twice = sum(count > 1 for count in ran.values())
     details = "".join(f", {key.replace('_', ' ')}: {value}" for key, value in extra.items())
-    COUNTS.append(f"{name}: {len(cluster.jobs)} submitted, {finished} finished, {lost} lost, {twice} run twice"
-                  f"{details}")
+    COUNTS.append(
+        f"{name}: {len(cluster.jobs)} submitted, {finished} finished, {lost} lost, {twice} run twice{details}"
+    )
     return finished, lost, twice

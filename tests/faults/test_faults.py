@@ -31,8 +31,13 @@ def test_server_killed_at_random_moments(cluster):
         nodes.server.restart()
         kills += 1
     statuses = nodes.wait_finished()
-    finished, lost, twice = report("server killed at random moments", nodes, statuses, server_kills=kills,
-                                   sends_cut_and_repeated=_events(nodes, "the server restarted while sending it"))
+    finished, lost, twice = report(
+        "server killed at random moments",
+        nodes,
+        statuses,
+        server_kills=kills,
+        sends_cut_and_repeated=_events(nodes, "the server restarted while sending it"),
+    )
     assert (finished, lost, twice) == (JOBS, 0, 0)
     assert set(nodes.ran()) == set(tags)
 
@@ -99,8 +104,12 @@ def test_server_killed_after_the_client_accepted_a_job_and_before_it_recorded_th
     nodes.server.kill()
     nodes.server.start()
     statuses = nodes.wait_finished()
-    assert report("server killed between the client's accept and its own record", nodes, statuses,
-                  sends_repeated=_events(nodes, "the server restarted while sending it")) == (1, 0, 0)
+    assert report(
+        "server killed between the client's accept and its own record",
+        nodes,
+        statuses,
+        sends_repeated=_events(nodes, "the server restarted while sending it"),
+    ) == (1, 0, 0)
     assert _payloads(client_db) == 1
 
 
@@ -121,12 +130,16 @@ def test_server_killed_while_it_downloads_a_result(cluster):
 def test_server_killed_during_an_upload_leaves_its_folder_in_quarantine_only(cluster):
     nodes = cluster()
     with socket.create_connection(("127.0.0.1", nodes.server.port)) as sock:
-        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
-                     b"filename=\"run.sh\"\r\n\r\n" + b"x" * 5000)
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="run.sh"\r\n\r\n' + b"x" * 5000
+        )
         data = nodes.server.folder / "data" / "server"
-        wait(lambda: any(path.is_dir() for path in data.iterdir()) if data.exists() else False,
-             what="the upload to be received")
+        wait(
+            lambda: any(path.is_dir() for path in data.iterdir()) if data.exists() else False,
+            what="the upload to be received",
+        )
         nodes.server.kill()
     nodes.server.start()
     assert not [path.name for path in data.iterdir() if not path.name.startswith(".")]
@@ -157,8 +170,10 @@ def test_a_replaced_client_never_hands_another_jobs_results(cluster):
     answer = wait(lambda: (a := nodes.status(job_id)) and a["status"] in FINISHED and a, what="the job to end")
     assert answer["status"] == "Unknown"
     assert "another client instance" in answer["message"] or "no longer knows" in answer["message"]
-    COUNTS.append(f"replaced client: 1 submitted, 0 finished, 1 ended Unknown ({answer['message'][:60]}...), "
-                  "0 with another job's results")
+    COUNTS.append(
+        f"replaced client: 1 submitted, 0 finished, 1 ended Unknown ({answer['message'][:60]}...), "
+        "0 with another job's results"
+    )
 
 
 def test_a_client_lost_for_good_frees_its_jobs_slots(cluster):
@@ -206,5 +221,3 @@ def _events(nodes, reason: str) -> int:
 def _jobs(db) -> int:
     with sqlite3.connect(db) as connection:
         return connection.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-
-

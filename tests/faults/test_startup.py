@@ -14,15 +14,17 @@ from bench.cluster import ROOT, Cluster, free_port, request, wait
 FLAG_WAIT = "while [ ! -e {flag} ]; do sleep 0.05; done\n"
 
 
-def start_refused(cluster: Cluster, mode: str, port: int | None = None, folder: Path | None = None,
-                  **env: str) -> str:
+def start_refused(cluster: Cluster, mode: str, port: int | None = None, folder: Path | None = None, **env: str) -> str:
     """Start another `orchestrator.py` of `mode` with the settings of the cluster's node (and `env`), on its
     port or `port`, in its folder or `folder`: it must exit at once with an error. Returns its one line."""
     node = cluster.server if mode == "server" else cluster.client
     settings = {**node.env, **env}
     result = subprocess.run(
         [sys.executable, str(ROOT / "orchestrator.py"), mode, "--port", str(port or node.port)],
-        cwd=folder or node.folder, env={"PATH": os.environ["PATH"], **settings}, capture_output=True, text=True,
+        cwd=folder or node.folder,
+        env={"PATH": os.environ["PATH"], **settings},
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 1, result.stderr
@@ -72,18 +74,25 @@ def test_the_database_of_another_data_folder_is_refused(cluster, tmp_path):
 def test_a_second_server_is_refused_and_the_live_servers_upload_completes(cluster):
     nodes = cluster()
     size = 40 * 1024 * 1024
-    head = (b"--b\r\nContent-Disposition: form-data; name=\"user_id\"\r\n\r\n1\r\n"
-            b"--b\r\nContent-Disposition: form-data; name=\"service\"\r\n\r\nexample\r\n"
-            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"run.sh\"\r\n\r\nexit 0\r\n"
-            b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n")
+    head = (
+        b'--b\r\nContent-Disposition: form-data; name="user_id"\r\n\r\n1\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="service"\r\n\r\nexample\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="run.sh"\r\n\r\nexit 0\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n'
+    )
     tail = b"\r\n--b--\r\n"
     with socket.create_connection(("127.0.0.1", nodes.server.port)) as sock:
-        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     + f"Content-Length: {len(head) + size + len(tail)}\r\n\r\n".encode() + head
-                     + b"x" * (size // 2))
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            + f"Content-Length: {len(head) + size + len(tail)}\r\n\r\n".encode()
+            + head
+            + b"x" * (size // 2)
+        )
         data = nodes.server.folder / "data" / "server"
-        wait(lambda: any(path.is_dir() and not path.name.startswith(".") for path in data.iterdir()),
-             what="the upload to be received")
+        wait(
+            lambda: any(path.is_dir() and not path.name.startswith(".") for path in data.iterdir()),
+            what="the upload to be received",
+        )
 
         same_port = start_refused(nodes, "server")
         assert f"PORT {nodes.server.port} is already in use" in same_port
@@ -144,8 +153,10 @@ def test_queued_jobs_of_a_service_removed_for_a_restart_wait_for_it_and_a_sent_o
     assert nodes.ran() == {"sent": 1, "queued0": 1, "queued1": 1}
 
 
-@pytest.mark.parametrize(("host", "said"), [("no-such-host.invalid", "not an address of this machine"),
-                                            ("192.0.2.1", "cannot listen on HOST '192.0.2.1'")])
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [("no-such-host.invalid", "not an address of this machine"), ("192.0.2.1", "cannot listen on HOST '192.0.2.1'")],
+)
 def test_a_bad_host_is_refused_naming_it_and_nothing_is_created(tmp_path, host, said):
     nodes = Cluster(tmp_path, {}, {})
     empty = tmp_path / "empty"
