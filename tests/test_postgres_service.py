@@ -72,16 +72,12 @@ def test_drop_closes_connections_left_open(postgres_server):
         conn.close()
 
 
-def cluster_processes(server: PostgresServer) -> list[psutil.Process]:
-    return [server.postmaster, *server.postmaster.children(recursive=True)]
-
-
 def test_stop_leaves_nothing():
     server = PostgresServer().start()
     try:
         with psycopg.connect(server.url()) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
-        pids, folder = [proc.pid for proc in cluster_processes(server)], server.folder
+        pids, folder = [proc.pid for proc in server.processes()], server.folder
         assert len(pids) > 1 and folder.is_dir()
     finally:
         server.stop()
@@ -94,7 +90,7 @@ def test_stop_kills_a_postmaster_that_does_not_answer():
     server = PostgresServer().start()
     conn = psycopg.connect(server.url())  # a backend that stays, too
     try:
-        procs, folder = cluster_processes(server), server.folder
+        procs, folder = server.processes(), server.folder
         os.kill(server.postmaster.pid, signal.SIGSTOP)
         server.stop(timeout=1)
     finally:

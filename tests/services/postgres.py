@@ -40,6 +40,14 @@ SETTINGS = {
 }
 
 
+RUNNING: list["PostgresServer"] = []  # started and not yet stopped
+
+
+def cluster_processes() -> list[psutil.Process]:
+    """The processes of every cluster running now: tests that check that nothing else runs leave these out."""
+    return [proc for server in RUNNING for proc in server.processes()]
+
+
 class PostgresError(Exception):
     """PostgreSQL could not be installed, started or stopped; the message says why."""
 
@@ -103,6 +111,7 @@ class PostgresServer:
                 conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
             self._run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", str(TIMEOUT), "start")
             self.postmaster = self._postmaster()
+            RUNNING.append(self)
         except PostgresError:
             self.stop()
             raise
@@ -110,6 +119,13 @@ class PostgresServer:
             self.stop()
             raise PostgresError(f"could not start PostgreSQL: {e!r}") from e
         return self
+
+    def processes(self) -> list[psutil.Process]:
+        """The postmaster and its children, while it runs."""
+        try:
+            return [self.postmaster, *self.postmaster.children(recursive=True)] if self.postmaster else []
+        except psutil.NoSuchProcess:
+            return []
 
     def _postmaster(self) -> psutil.Process | None:
         """The postmaster named by data/postmaster.pid, if it is alive."""
@@ -125,13 +141,9 @@ class PostgresServer:
         if self.postmaster is None and self.folder is not None:
             self.postmaster = self._postmaster()  # a start that failed half-way
         if self.postmaster is not None:
-            procs, stopped = [self.postmaster], False
-            try:
-                procs += self.postmaster.children(recursive=True)
-                stopped = self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", str(round(timeout)),
-                                    "stop", check=False) == 0
-            except psutil.NoSuchProcess:
-                pass
+            procs = self.processes() or [self.postmaster]
+            stopped = self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", str(round(timeout)), "stop",
+                                check=False) == 0
             # wait() reaps those that are our children (the suite is a subreaper); pg_ctl has waited already
             alive = psutil.wait_procs(procs, timeout=10 if stopped else 0)[1]
             for proc in alive:
@@ -143,6 +155,8 @@ class PostgresServer:
             if alive:
                 raise PostgresError(f"PostgreSQL processes survived SIGKILL: {[proc.pid for proc in alive]}")
             self.postmaster = None
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
