@@ -4,14 +4,23 @@
 # Needs root (or passwordless sudo); prints what it installs.
 set -eu
 
-# command that must exist -> package that brings it
+# command that must exist (or, starting with /, a file pattern that must match) -> package that brings it.
+# PostgreSQL's programs are not on PATH on Debian: they live in /usr/lib/postgresql/<version>/bin.
 WANTED="
 bwrap:bubblewrap
+/usr/lib/postgresql/*/bin/initdb:postgresql
 "
+
+have() {
+    case "$1" in
+        /*) for file in $1; do [ -x "$file" ] && return 0; done; return 1 ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
 
 missing=""
 for pair in $WANTED; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+    have "${pair%%:*}" || missing="$missing ${pair#*:}"
 done
 [ -z "$missing" ] && exit 0
 
