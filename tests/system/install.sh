@@ -7,6 +7,10 @@ set -eu
 # command that must exist -> package that brings it
 WANTED="
 bwrap:bubblewrap
+slurmctld:slurmctld
+slurmd:slurmd
+sbatch:slurm-client
+munged:munge
 "
 
 missing=""
