@@ -30,7 +30,7 @@ from orch.node import open_node
 from orch.states import Status
 from tasks import Beat, start_tasks
 
-pytest_plugins = ["tests.services.postgres"]  # postgres_server, postgres_url
+pytest_plugins = ["tests.services.postgres", "tests.services.slurm"]  # their fixtures
 
 WAIT_TIMEOUT = 30.0  # generous: waits poll every few ms and end as soon as their condition holds
 

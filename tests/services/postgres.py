@@ -56,8 +56,10 @@ def bin_dir() -> Path:
     """The folder of initdb and pg_ctl: from PATH, else Debian's newest /usr/lib/postgresql/<version>/bin."""
     if found := shutil.which("pg_ctl"):
         return Path(found).parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
-                      key=lambda path: [int(part) for part in path.split("/")[4].split(".") if part.isdigit()])
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+        key=lambda path: [int(part) for part in path.split("/")[4].split(".") if part.isdigit()],
+    )
     if not versions:
         raise FileNotFoundError("no pg_ctl on PATH nor in /usr/lib/postgresql/*/bin")
     return Path(versions[-1]).parent
@@ -72,8 +74,10 @@ def find_or_install() -> Path:
     try:
         return bin_dir()
     except FileNotFoundError as e:
-        raise PostgresError(f"PostgreSQL is not installed and {INSTALL} could not install it "
-                            f"(exit {result.returncode}): {result.stdout}{result.stderr}".strip()) from e
+        raise PostgresError(
+            f"PostgreSQL is not installed and {INSTALL} could not install it "
+            f"(exit {result.returncode}): {result.stdout}{result.stderr}".strip()
+        ) from e
 
 
 class PostgresServer:
@@ -142,8 +146,10 @@ class PostgresServer:
             self.postmaster = self._postmaster()  # a start that failed half-way
         if self.postmaster is not None:
             procs = self.processes() or [self.postmaster]
-            stopped = self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", str(round(timeout)), "stop",
-                                check=False) == 0
+            stopped = (
+                self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", str(round(timeout)), "stop", check=False)
+                == 0
+            )
             # wait() reaps those that are our children (the suite is a subreaper); pg_ctl has waited already
             alive = psutil.wait_procs(procs, timeout=10 if stopped else 0)[1]
             for proc in alive:
@@ -187,15 +193,26 @@ class PostgresServer:
         as_user = {}
         if os.geteuid() == 0:
             account = pwd.getpwnam(USER)
-            as_user = {"user": account.pw_uid, "group": account.pw_gid,
-                       "extra_groups": os.getgrouplist(USER, account.pw_gid)}
-        result = subprocess.run([str(self.bin / program), *map(str, args)], cwd=self.folder, capture_output=True,
-                                text=True, timeout=TIMEOUT * 2, env={"PATH": os.environ.get("PATH", ""),
-                                                                     "LC_ALL": "C"}, **as_user)
+            as_user = {
+                "user": account.pw_uid,
+                "group": account.pw_gid,
+                "extra_groups": os.getgrouplist(USER, account.pw_gid),
+            }
+        result = subprocess.run(
+            [str(self.bin / program), *map(str, args)],
+            cwd=self.folder,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 2,
+            env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
+            **as_user,
+        )
         if check and result.returncode != 0:
             log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-            raise PostgresError(f"{program} {' '.join(map(str, args))} failed (exit {result.returncode}):\n"
-                                f"{result.stdout}{result.stderr}{log}".strip())
+            raise PostgresError(
+                f"{program} {' '.join(map(str, args))} failed (exit {result.returncode}):\n"
+                f"{result.stdout}{result.stderr}{log}".strip()
+            )
         return result.returncode
 
 

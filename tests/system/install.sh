@@ -9,6 +9,10 @@ set -eu
 WANTED="
 bwrap:bubblewrap
 /usr/lib/postgresql/*/bin/initdb:postgresql
+slurmctld:slurmctld
+slurmd:slurmd
+sbatch:slurm-client
+munged:munge
 "
 
 have() {

@@ -1,0 +1,1 @@
+"""Real services (schedulers, daemons) that tests start on this machine, each as a session fixture."""
