@@ -13,7 +13,15 @@ from orch import VERSION
 from orch.context import Context
 from orch.states import JOB_STATUSES, PAYLOAD_STATUSES
 
-SWAGGER_UI = Path(__file__).resolve().parent.parent / "static" / "swagger-ui"
+
+def static_folder() -> Path:
+    """`static/`: inside this package once installed (pyproject.toml maps it there), at the top of a checkout."""
+    here = Path(__file__).resolve().parent
+    return here / "static" if (here / "static").is_dir() else here.parent / "static"
+
+
+STATIC = static_folder()
+SWAGGER_UI = STATIC / "swagger-ui"
 SPEC_URL = "/api-docs/openapi.json"
 
 STATUS_BODY = {

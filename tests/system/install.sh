@@ -13,6 +13,7 @@ slurmctld:slurmctld
 slurmd:slurmd
 sbatch:slurm-client
 munged:munge
+chromium:chromium
 "
 
 have() {
