@@ -14,8 +14,6 @@ from orch.context import Context
 from orch.errors import BadRequest, NotFound, OrchError, PayloadTooLarge, Unauthorized
 from orch.storage import MultipartReceiver, new_name, remove
 
-log = logging.getLogger(__name__)
-
 STREAM_CHUNK = 1024 * 1024
 MAX_ID = 2**32 - 1  # ids are unsigned 32-bit numbers in the original's paths
 
@@ -28,6 +26,7 @@ class BaseHandler(RequestHandler):
     """
 
     protected = False
+    error_message = ""  # the message of the error answered, for the access line
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -51,13 +50,14 @@ class BaseHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         error = kwargs.get("exc_info", (None, None, None))[1]
         body = error_body(self, status_code, kwargs)
+        self.error_message = body["message"]
         self.clear()
         self.write_json(body, error.status if isinstance(error, OrchError) else status_code)
 
     def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, OrchError):
-            log.info("%s %s: %d %s", self.request.method, self.request.path, value.status, value.message)
-        else:
+        """Errors meant for the caller are told in the request's access line (`log_request`); anything else is
+        logged with its traceback."""
+        if not isinstance(value, OrchError | HTTPError):
             super().log_exception(typ, value, tb)
 
     async def stream_file(self, path: Path, content_type: str, filename: str | None = None) -> None:
@@ -166,8 +166,9 @@ class NotFoundHandler(BaseHandler):
 
 
 def log_request(handler: RequestHandler) -> None:
-    """Access log: polls and downloads that succeed at DEBUG (a getter asks every half second), other
-    successes at INFO, client errors at WARNING, server errors at ERROR. Headers are never logged."""
+    """The one access line of a request, with the message of the error it answered: polls and downloads that
+    succeed at DEBUG (a getter asks every half second), other successes at INFO, client errors at WARNING,
+    server errors at ERROR. Headers and query strings are never logged (they may carry secrets)."""
     status = handler.get_status()
     if status >= 500:
         level = logging.ERROR
@@ -177,12 +178,14 @@ def log_request(handler: RequestHandler) -> None:
         level = logging.DEBUG
     else:
         level = logging.INFO
+    error = getattr(handler, "error_message", "")
     logging.getLogger("tornado.access").log(
         level,
-        "%d %s %s (%s) %.1fms",
+        "%d %s %s (%s) %.1fms%s",
         status,
         handler.request.method,
         handler.request.path,
         handler.request.remote_ip,
         1000.0 * handler.request.request_time(),
+        f": {error}" if error else "",
     )

@@ -63,7 +63,7 @@ def get(job_id: int) -> Job:
     """The job with this id; NotFound otherwise."""
     job = fetch(Job, job_id)
     if job is None:
-        raise NotFound(f"Job {job_id} not found in the database")
+        raise NotFound(f"Job {job_id} not found in the database", job_id)
     return job
 
 
@@ -118,7 +118,8 @@ def create_job(ctx: Context, fields: dict[str, str], job_folder: Path) -> Job:
     if service is None:
         raise BadRequest("Missing service field")
     if service not in ctx.config.services:
-        raise BadRequest("Invalid service")
+        configured = ", ".join(sorted(ctx.config.services)) or "none"
+        raise BadRequest(f"Invalid service {service[:64]!r}: the configured services are {configured}")
     job = create(
         Job,
         Status.QUEUED,

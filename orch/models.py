@@ -5,6 +5,7 @@ modes can run in one process (the integration tests do). Each is opened once at 
 """
 
 import functools
+import logging
 
 from peewee import (
     BooleanField,
@@ -22,6 +23,8 @@ from peewee import (
 
 from orch.errors import InvalidTransition
 from orch.states import FINISHED, JOB_STATUSES, JOB_TRANSITIONS, PAYLOAD_STATUSES, PAYLOAD_TRANSITIONS, Status
+
+log = logging.getLogger(__name__)
 
 server_db = SqliteDatabase(None)
 client_db = SqliteDatabase(None)
@@ -245,6 +248,7 @@ def create(model: type[Model], status: Status, now: float, reason: str = "", **v
     with model._meta.database.atomic():
         row_id = _insert(model, {"status": status, "created_at": now, "updated_at": now, **values})
         _insert(events, {model._meta.name: row_id, "src": None, "dst": status, "at": now, "reason": reason})
+    _log_move(model, row_id, None, status, reason)
     return fetch(model, row_id)
 
 
@@ -271,4 +275,10 @@ def transition(
         if run(db, _update_sql(model, columns), params).rowcount != 1:
             return False
         _insert(events, {model._meta.name: row_id, "src": src, "dst": dst, "at": now, "reason": message or ""})
+    _log_move(model, row_id, src, dst, message)
     return True
+
+
+def _log_move(model: type[Model], row_id: int, src: Status | None, dst: Status, reason: str | None) -> None:
+    """The one log line of a status change: `job 7: Running -> Failed: exit code 3`."""
+    log.info("%s %d: %s -> %s%s", model._meta.name, row_id, src or "new", dst, f": {reason}" if reason else "")

@@ -142,7 +142,7 @@ def set_process(payload_id: int, pid: int, started_at: float | None) -> None:
 def get(payload_id: int) -> Payload:
     payload = fetch(Payload, payload_id)
     if payload is None:
-        raise NotFound(f"Payload {payload_id} not found")
+        raise NotFound(f"Payload {payload_id} not found", payload_id)
     return payload
 
 
@@ -233,7 +233,7 @@ async def wait_events(ctx: Context, after: int | None, wait: float) -> tuple[int
 async def partial_zip(ctx: Context, payload: Payload) -> Path:
     """A zip of the payload's folder as it is now, in a scratch file that the caller removes."""
     if not folder(ctx, payload.id).is_dir():
-        raise NotFound(f"Payload {payload.id} has no files any more ({payload.status})")
+        raise NotFound(f"Payload {payload.id} has no files any more ({payload.status})", payload.id, payload.status)
     path = storage.scratch_file(ctx.tmp_path, f"partial-{payload.id}", ".zip")
     await _in_executor(storage.zip_folder, folder(ctx, payload.id), path)
     return path

@@ -126,8 +126,11 @@ async def test_upload_queues_the_job_and_saves_its_files_in_the_job_folder(serve
         ({"user_id": "99999999999", "service": "example"}, "Invalid user_id, should be a number"),
         ({"user_id": "", "service": "example"}, "Invalid user_id, should be a number"),
         ({"user_id": "1"}, "Missing service field"),
-        ({"user_id": "1", "service": "unknownservice"}, "Invalid service"),
-        ({"user_id": "1", "service": "Example"}, "Invalid service"),
+        (
+            {"user_id": "1", "service": "unknownservice"},
+            "Invalid service 'unknownservice': the configured services are example",
+        ),
+        ({"user_id": "1", "service": "Example"}, "Invalid service 'Example': the configured services are example"),
     ],
 )
 async def test_upload_with_a_missing_or_wrong_field_is_refused_with_the_originals_message(server, fields, message):
