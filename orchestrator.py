@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""job-orchestrator: `python orchestrator.py server` or `python orchestrator.py client`.
+"""job-orchestrator: `python orchestrator.py server` or `python orchestrator.py client` (installed: the
+`job-orchestrator` command), and the commands that talk to a server (`submit`, `status`, `wait`...).
 
 The only entry point and the only reader of the environment: settings come from `.env` (in the current
 folder), then environment variables, then flags; the Config they make is passed down to everything else.
@@ -19,7 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from handlers import make_app
-from orch import VERSION
+from orch import VERSION, cli
 from orch.config import Config, load
 from orch.node import open_node
 from tasks import start_tasks
@@ -35,24 +36,23 @@ log = logging.getLogger("orchestrator")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="orchestrator.py",
+        prog=os.path.basename(sys.argv[0]) or "orchestrator.py",
         description="Runs jobs for scientific web portals: a server queues them, clients run them.",
         epilog="Settings come from .env, then the environment, then these flags; see .env.sample and the README.",
     )
     parser.add_argument("--version", action="version", version=f"job-orchestrator {VERSION}")
-    parser.add_argument(
-        "mode",
-        choices=["server", "client"],
-        help="server: the portals' API and the queue; client: runs the jobs on a compute node",
-    )
-    parser.add_argument("--port", help="port to listen on (PORT; server 5000, client 9000; 0 picks a free one)")
-    parser.add_argument("--host", help="address to listen on (HOST; server 0.0.0.0, client 127.0.0.1)")
-    parser.add_argument(
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="COMMAND")
+    server = modes.add_parser("server", help="the portals' API and the queue")
+    client = modes.add_parser("client", help="runs the jobs on a compute node")
+    for mode in (server, client):
+        mode.add_argument("--port", help="port to listen on (PORT; server 5000, client 9000; 0 picks a free one)")
+        mode.add_argument("--host", help="address to listen on (HOST; server 0.0.0.0, client 127.0.0.1)")
+    client.add_argument(
         "--insecure",
         action="store_true",
-        help="let a client listen beyond this machine "
-        "without ORCH_TOKEN (only on a network where nobody else can reach it)",
+        help="listen beyond this machine without ORCH_TOKEN (only on a network where nobody else can reach it)",
     )
+    cli.add_commands(modes)
     return parser.parse_args(argv)
 
 
@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     env = {key: value for key, value in dotenv_values(".env").items() if value is not None}
     env.update(os.environ)
+    if args.mode not in ("server", "client"):
+        return cli.run(args, args.url or env.get("ORCH_URL") or cli.DEFAULT_URL)
     flags = {name: value for name, value in (("PORT", args.port), ("HOST", args.host)) if value is not None}
     try:
-        config = load(args.mode, env, flags, insecure=args.insecure)
+        config = load(args.mode, env, flags, insecure=getattr(args, "insecure", False))
     except ValueError as e:
         print(f"orchestrator {args.mode}: {e}", file=sys.stderr)
         return 2
