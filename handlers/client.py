@@ -52,6 +52,7 @@ class Submit(UploadHandler, PayloadHandler):
 
         ---
         tags: [payloads]
+        security: [{token: []}]
         summary: Receive a job's files as a new payload
         requestBody:
           required: true
@@ -76,7 +77,10 @@ class Submit(UploadHandler, PayloadHandler):
             content: {application/json: {schema: {$ref: "#/components/schemas/Payload"}}}
           "400":
             description: The body is not valid multipart.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 0, status: Unknown, message: "expected a multipart/form-data body with a boundary"}
           "413": {$ref: "#/components/responses/TooLarge"}
         """
         payload = payloads.create_payload(self.ctx, self.staging, self.received_fields())
@@ -91,6 +95,7 @@ class Retrieve(PayloadHandler):
 
         ---
         tags: [payloads]
+        security: [{token: []}]
         summary: Download a payload's result zip, or get its status
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
@@ -120,6 +125,7 @@ class RetrievePartial(PayloadHandler):
 
         ---
         tags: [payloads]
+        security: [{token: []}]
         summary: Download a payload's files as they are now (works while it runs)
         parameters:
           - {name: payload_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
@@ -132,7 +138,10 @@ class RetrievePartial(PayloadHandler):
           "400": {$ref: "#/components/responses/BadId"}
           "404":
             description: No such payload, or its files were cleaned.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 42, status: Cleaned, message: "Payload 42 has no files any more (Cleaned)"}
         """
         payload = self.payload(payload_id)
         spool = await payloads.partial_zip(self.ctx, payload)
@@ -150,6 +159,7 @@ class Kill(PayloadHandler):
 
         ---
         tags: [payloads]
+        security: [{token: []}]
         summary: Kill a payload
         description: |
           A Prepared payload never starts. A Running one gets SIGTERM (its whole process tree), then SIGKILL
@@ -175,6 +185,7 @@ class Events(PayloadHandler):
 
         ---
         tags: [payloads]
+        security: [{token: []}]
         summary: Wait for the next status changes of payloads
         description: |
           Without `after`, answers at once with where the sequence of changes stands. With it, answers the
@@ -184,6 +195,7 @@ class Events(PayloadHandler):
           - {name: after, in: query, required: false, schema: {type: integer, minimum: 0}}
           - {name: wait, in: query, required: false, schema: {type: number, minimum: 0, maximum: 60}}
         responses:
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
             description: The changes, oldest first, and the point to ask from next time.
             content:
@@ -203,7 +215,10 @@ class Events(PayloadHandler):
                           status: {type: string}
           "400":
             description: The after or wait parameter is not a number in range.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 0, status: Unknown, message: after must be a whole number}
         """
         after, wait = self.query()
         self.waiting = asyncio.ensure_future(payloads.wait_events(self.ctx, after, wait))
@@ -239,6 +254,7 @@ class Load(PayloadHandler):
 
         ---
         tags: [health]
+        security: [{token: []}]
         summary: CPU use of the client's machine, in percent since the previous call
         responses:
           "401": {$ref: "#/components/responses/Unauthorized"}

@@ -1,17 +1,16 @@
-"""Endpoints both modes have: ping, health, and the API documentation (OpenAPI document and Swagger UI)."""
+"""Endpoints both modes have: ping, health, metrics, and the API documentation (OpenAPI document and Swagger
+UI)."""
 
 import json
 from pathlib import Path
 
 from peewee import Database, PeeweeException
 from tornado.web import RedirectHandler, StaticFileHandler, url
-from tornado_swagger.const import API_OPENAPI_3
-from tornado_swagger.setup import export_swagger
 
+from handlers import monitoring
 from handlers.base import BaseHandler, error_body
-from orch import VERSION
+from handlers.openapi import openapi
 from orch.context import Context
-from orch.states import JOB_STATUSES, PAYLOAD_STATUSES
 
 
 def static_folder() -> Path:
@@ -21,43 +20,8 @@ def static_folder() -> Path:
 
 
 STATIC = static_folder()
-SWAGGER_UI = STATIC / "swagger-ui"
+FAVICON = STATIC / "swagger-ui" / "favicon-32x32.png"
 SPEC_URL = "/api-docs/openapi.json"
-
-STATUS_BODY = {
-    "type": "object",
-    "required": ["id", "status", "message"],
-    "properties": {
-        "id": {"type": "integer", "description": "The job's id (0 when the error concerns no job)."},
-        "status": {"type": "string", "enum": sorted(JOB_STATUSES)},
-        "message": {"type": "string", "description": "What happened; the reason for Failed, Invalid, Unknown."},
-    },
-}
-PAYLOAD = {
-    "type": "object",
-    "required": ["id", "input", "status", "loc", "pid", "killed"],
-    "properties": {
-        "id": {"type": "integer"},
-        "input": {"type": "object", "description": "Always empty: the files are not echoed back."},
-        "status": {"type": "string", "enum": sorted(PAYLOAD_STATUSES)},
-        "loc": {"type": "string", "description": "The payload's folder on the client."},
-        "pid": {"type": "integer", "description": "The process group running run.sh (0 before it starts)."},
-        "killed": {"type": "boolean"},
-        "message": {"type": "string"},
-        "exit_code": {"type": "integer", "nullable": True},
-        "job_key": {"type": "string", "nullable": True, "description": "The server's name for the job."},
-    },
-}
-# Error answers that several endpoints share, referred to as `$ref: "#/components/responses/<name>"`.
-ERRORS = {
-    "BadId": "The id is not a number.",
-    "Unauthorized": "ORCH_TOKEN is set and the call does not carry it.",
-    "NoSuchJob": "No such job.",
-    "NoSuchPayload": "No such payload.",
-    "Gone": "The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or client instance than "
-    "this payload's; nothing was done.",
-    "TooLarge": "The body is over MAX_UPLOAD_SIZE.",
-}
 
 
 class Ping(BaseHandler):
@@ -113,8 +77,18 @@ class Spec(BaseHandler):
         self.write_json(self.spec)
 
 
-class SwaggerAssets(StaticFileHandler):
-    """The Swagger UI, served from `static/` (compute clusters are often offline: no CDN)."""
+class Favicon(BaseHandler):
+    """`/favicon.ico`, which browsers ask every page for: Swagger's icon (rather than a 404 in the log)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "image/png")
+        self.set_header("Cache-Control", "max-age=86400")
+        self.finish(FAVICON.read_bytes())
+
+
+class Assets(StaticFileHandler):
+    """Files served from `static/` (Swagger UI, the dashboard): compute clusters are often offline, so no CDN.
+    Errors answer the API's JSON body."""
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.clear()
@@ -124,34 +98,17 @@ class SwaggerAssets(StaticFileHandler):
 
 
 def routes(ctx: Context, db: Database, api: list) -> list:
-    """Ping, health and documentation routes; the OpenAPI document describes `api` and these."""
-    own = [url(r"/", Ping, {"ctx": ctx}), url(r"/health", Health, {"ctx": ctx, "db": db})]
-    spec = openapi(ctx.config.mode, api + own)
-    name_services(spec, sorted(ctx.config.services))
+    """Ping, health, metrics (and on the server job queries and the dashboard) and the documentation; the
+    OpenAPI document describes `api` and these."""
+    own = [
+        url(r"/", Ping, {"ctx": ctx}),
+        url(r"/health", Health, {"ctx": ctx, "db": db}),
+        *monitoring.routes(ctx, Assets, STATIC),
+    ]
+    spec = openapi(ctx.config.mode, api + own, sorted(ctx.config.services))
     return own + [
         url(SPEC_URL, Spec, {"ctx": ctx, "spec": spec}),
-        url(r"/swagger-ui/(.*)", SwaggerAssets, {"path": str(SWAGGER_UI), "default_filename": "index.html"}),
+        url(r"/swagger-ui/(.*)", Assets, {"path": str(STATIC / "swagger-ui"), "default_filename": "index.html"}),
         url(r"/(?:swagger|swagger-ui)", RedirectHandler, {"url": "/swagger-ui/"}),
+        url(r"/favicon\.ico", Favicon, {"ctx": ctx}),
     ]
-
-
-def openapi(mode: str, api: list) -> dict:
-    """The OpenAPI 3 document built from the handlers' docstrings."""
-    spec = export_swagger(
-        api,
-        api_definition_version=API_OPENAPI_3,
-        title=f"job-orchestrator {mode}",
-        api_version=VERSION,
-        description="Runs jobs (files and a run.sh) for scientific web portals. See the README.",
-    )
-    body = {"application/json": {"schema": {"$ref": "#/components/schemas/StatusBody"}}}
-    spec["components"]["schemas"] = {"StatusBody": STATUS_BODY, "Payload": PAYLOAD}
-    spec["components"]["responses"] = {name: {"description": text, "content": body} for name, text in ERRORS.items()}
-    return spec
-
-
-def name_services(spec: dict, services: list[str]) -> None:
-    """Let the upload's `service` field list the configured services (so generated calls can make jobs)."""
-    if services and "/upload" in spec["paths"]:
-        schema = spec["paths"]["/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-        schema["properties"]["service"]["enum"] = services

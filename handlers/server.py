@@ -38,14 +38,20 @@ class Upload(UploadHandler):
                     items: {type: string, format: binary}
                     description: The job's files (repeat the field), including run.sh.
                   user_id: {type: integer, format: int32, description: Who submits the job (quotas are per user).}
-                  service: {type: string, description: A configured service, e.g. example.}
+                  service: {type: string, description: "A configured service, e.g. example."}
         responses:
           "201":
             description: Queued.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 7, status: Queued, message: Job successfully uploaded}
           "400":
             description: A field is missing or wrong, or the body is not valid multipart.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 0, status: Unknown, message: "Invalid service 'x': the configured services are example"}
           "413": {$ref: "#/components/responses/TooLarge"}
         """
         job = jobs.create_job(self.ctx, self.received_fields(), self.staging)
@@ -68,7 +74,9 @@ class Download(BaseHandler):
               in `message` for Failed, Invalid and Unknown.
             content:
               application/zip: {schema: {type: string, format: binary}}
-              application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 7, status: Running, message: ""}
           "400": {$ref: "#/components/responses/BadId"}
           "404": {$ref: "#/components/responses/NoSuchJob"}
         """
@@ -99,13 +107,22 @@ class DownloadPartial(BaseHandler):
             content: {application/zip: {schema: {type: string, format: binary}}}
           "400":
             description: The id is not a number, or the job's service is not configured.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 0, status: Unknown, message: "Invalid id 'abc': expected a whole number"}
           "404":
             description: No such job, or it was never dispatched, or its client no longer has it.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 7, status: Queued, message: Job payload not found on client}
           "502":
             description: The job's client could not be reached.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 7, status: Running, message: "Error retrieving partial data from client: ..."}
         """
         job = jobs.get(parse_id(job_id))
         spool = await jobs.fetch_partial(self.ctx, job)
@@ -132,15 +149,24 @@ class Terminate(BaseHandler):
         responses:
           "200":
             description: The job is Killed.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 7, status: Killed, message: job terminated}
           "400": {$ref: "#/components/responses/BadId"}
           "404": {$ref: "#/components/responses/NoSuchJob"}
           "409":
             description: The job had already finished; `status` says how. Nothing changed.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 7, status: Completed, message: job 7 is already Completed}
           "502":
             description: The job's client could not be reached; the job keeps its status.
-            content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/StatusBody"}
+                example: {id: 7, status: Running, message: "could not terminate job 7: ..."}
         """
         job = await jobs.terminate(self.ctx, parse_id(job_id))
         self.write_json(jobs.as_json(job, "job terminated"))

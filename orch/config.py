@@ -44,6 +44,11 @@ class ClientConfig:
         """The client's event stream, beside its `/retrieve`."""
         return sibling_url(self.download_url, "events")
 
+    @property
+    def load_url(self) -> str:
+        """The client's CPU use, beside its `/retrieve`."""
+        return sibling_url(self.download_url, "load")
+
 
 @dataclass(frozen=True)
 class ServiceConfig:

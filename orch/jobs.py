@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tornado.ioloop import IOLoop
 
-from orch import ownership, storage
+from orch import ownership, storage, timings
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
@@ -70,8 +70,13 @@ def get(job_id: int) -> Job:
 def move(
     ctx: Context, job_id: int, src: Status, dst: Status, message: str | None = None, now: float | None = None, **values
 ) -> bool:
-    """`orch.models.transition` of a job, now (or at `now`): False if it was no longer in `src`."""
-    return transition(Job, job_id, src, dst, ctx.clock() if now is None else now, message, **values)
+    """`orch.models.transition` of a job, now (or at `now`): False if it was no longer in `src`. The time it
+    waited or ran is recorded for the metrics."""
+    now = ctx.clock() if now is None else now
+    moved = transition(Job, job_id, src, dst, now, message, **values)
+    if moved:
+        timings.observe(ctx, job_id, dst, now)
+    return moved
 
 
 def dispatched() -> list[tuple[int, str | None]]:

@@ -25,6 +25,14 @@ def _server_2(db: Database, migrator: SchemaMigrator) -> None:
     migrate(migrator.add_column(Job._meta.table_name, "client", CharField(null=True)))
 
 
+def _server_3(db: Database, migrator: SchemaMigrator) -> None:
+    """Indexes for looking jobs up by user or status, newest first, over a long history (`GET /jobs`)."""
+    migrate(
+        migrator.add_index(Job._meta.table_name, ("user_id", "id"), name="job_user_id_id"),
+        migrator.add_index(Job._meta.table_name, ("status", "id"), name="job_status_id"),
+    )
+
+
 def _client_2(db: Database, migrator: SchemaMigrator) -> None:
     """Facts about the database (version, identity of its data folder)."""
     db.create_tables([ClientFact])
@@ -32,7 +40,7 @@ def _client_2(db: Database, migrator: SchemaMigrator) -> None:
 
 # STEPS[mode][n] brings a database of version n - 1 to version n.
 STEPS: dict[type[Model], dict[int, Step]] = {
-    ServerFact: {2: _server_2},
+    ServerFact: {2: _server_2, 3: _server_3},
     ClientFact: {2: _client_2},
 }
 VERSION = "schema_version"

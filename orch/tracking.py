@@ -68,6 +68,9 @@ class Health:
         self._retry_at[client] = now + delay
         return delay
 
+    def failing(self, client: str) -> bool:
+        return client in self._down_since
+
     def down_for(self, client: str, now: float) -> float:
         """Seconds since the client's failures began (0 while it answers)."""
         return now - self._down_since.get(client, now)
@@ -120,6 +123,12 @@ def lost(ctx: Context, address: str, now: float) -> str | None:
     if down < ctx.config.client_lost_after:
         return None
     return f"for {down:.0f} s at {address}: {health.reason(address)}"
+
+
+def trouble(ctx: Context, address: str, now: float) -> tuple[float, str] | None:
+    """While calls to the client at `address` fail: for how many seconds, and why; None while it answers."""
+    health = _state(ctx).health
+    return (health.down_for(address, now), health.reason(address)) if health.failing(address) else None
 
 
 def answered(ctx: Context, client: ClientConfig) -> None:

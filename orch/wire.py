@@ -121,6 +121,16 @@ class ClientAPI:
             raise ClientError(f"{url} answered without last and events", 502)
         return response.headers.get(INSTANCE_HEADER, ""), answer["last"], answer["events"]
 
+    async def load(self, client: ClientConfig, timeout: float) -> float:
+        """The CPU use of the client's machine in percent (its `/load`), asked with a total `timeout`."""
+        response = await self._fetch(client.load_url, connect_timeout=timeout, request_timeout=timeout)
+        if response.code != 200:
+            raise ClientError(f"{client.load_url} answered {response.code}: {_reason(response.body)}", response.code)
+        try:
+            return float(json.loads(response.body))
+        except (ValueError, TypeError):
+            raise ClientError(f"{client.load_url} answered with something that is not a number", 502) from None
+
     async def _download(self, url: str, dest: Destination, zip_path: Path, zip_required: bool) -> dict | None:
         sink = _ZipOrJson(zip_path, self.tmp_path)
         try:
@@ -142,9 +152,8 @@ class ClientAPI:
 
     async def _fetch(self, url: str, headers: dict | None = None, **kwargs) -> HTTPResponse:
         kwargs.setdefault("request_timeout", self.request_timeout)
-        request = HTTPRequest(
-            url, headers={**(headers or {}), **self.auth}, connect_timeout=self.connect_timeout, **kwargs
-        )
+        kwargs.setdefault("connect_timeout", self.connect_timeout)
+        request = HTTPRequest(url, headers={**(headers or {}), **self.auth}, **kwargs)
         try:
             return await self.http.fetch(request, raise_error=False)
         except HTTPClientError as e:  # timed out, or the connection closed half-way

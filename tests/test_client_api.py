@@ -305,6 +305,7 @@ async def test_client_openapi_document_lists_its_routes(client):
         "/retrieve_partial/{payload_id}": {"get", "head"},
         "/kill/{payload_id}": {"post"},
         "/load": {"get"},
+        "/metrics": {"get"},
         "/": {"get"},
         "/health": {"get"},
     }

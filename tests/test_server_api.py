@@ -537,6 +537,10 @@ async def test_openapi_document_describes_every_route_and_method(server):
         "/download/{job_id}": {"get", "head"},
         "/download_partial/{job_id}": {"get", "head"},
         "/terminate/{job_id}": {"post"},
+        "/jobs": {"get"},
+        "/jobs/{job_id}": {"get"},
+        "/overview": {"get"},
+        "/metrics": {"get"},
         "/": {"get"},
         "/health": {"get"},
     }
@@ -544,7 +548,7 @@ async def test_openapi_document_describes_every_route_and_method(server):
         for method, operation in operations.items():
             assert "Invalid Swagger" not in operation.get("tags", []), (path, method)
             assert operation.get("responses"), (path, method)
-    assert {"StatusBody", "Payload"} <= set(spec["components"]["schemas"])
+    assert set(spec["components"]["schemas"]) == {"StatusBody", "JobSummary", "JobDetail", "Overview"}
 
 
 async def test_swagger_ui_is_served_locally_without_a_cdn(server):

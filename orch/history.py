@@ -1,0 +1,141 @@
+"""Jobs as people look them up (server): a page of jobs matching filters, newest first, and one job with its
+history.
+
+Pages are keyset-paginated on the id (`before`: only older jobs), so that a page costs the same whatever the
+length of the history: a user's or a status's jobs come from an index in id order (`jobs (user_id, id)`,
+`jobs (status, id)`), and a time range is a condition on jobs read newest first (ids grow with time).
+"""
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from orch.context import Context
+from orch.errors import BadRequest
+from orch.jobs import get, result_file
+from orch.models import Job, JobEvent
+from orch.states import JOB_STATUSES, Status
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+SUMMARY = (
+    Job.id,
+    Job.user_id,
+    Job.service,
+    Job.status,
+    Job.message,
+    Job.client,
+    Job.created_at,
+    Job.updated_at,
+    Job.finished_at,
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which jobs a page holds: each filter that is set must match."""
+
+    user_id: int | None = None
+    service: str | None = None
+    statuses: tuple[str, ...] = ()
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+    before: int | None = None  # only jobs with a smaller id (the next page)
+    limit: int = DEFAULT_LIMIT
+
+
+def filters(query: dict[str, str]) -> Filters:
+    """Filters from the query string of `GET /jobs`; BadRequest naming a parameter that is wrong."""
+    unknown = sorted(set(query) - {"user_id", "service", "status", "since", "until", "before", "limit"})
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0][:40]!r}")
+    statuses = tuple(name for name in query.get("status", "").split(",") if name)
+    for status in statuses:
+        if status not in JOB_STATUSES:
+            raise BadRequest(f"status {status[:40]!r} is not one of {', '.join(sorted(JOB_STATUSES))}")
+    limit = _number(query, "limit", int)
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return Filters(
+        user_id=_number(query, "user_id", int),
+        service=query.get("service") or None,
+        statuses=statuses,
+        since=_time(query, "since"),
+        until=_time(query, "until"),
+        before=_number(query, "before", int),
+        limit=limit or DEFAULT_LIMIT,
+    )
+
+
+def _number(query: dict[str, str], name: str, kind: type) -> int | float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a {'whole ' if kind is int else ''}number, got {raw[:40]!r}") from None
+    if abs(value) >= 2**63:
+        raise BadRequest(f"{name} is out of range: {raw[:40]!r}")
+    return value
+
+
+def _time(query: dict[str, str], name: str) -> float | None:
+    """A time given in Unix seconds or ISO 8601 (`2026-12-01T10:00:00Z`; without a zone: this machine's)."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            seconds = datetime.fromisoformat(raw).timestamp()
+        except ValueError:
+            seconds = math.nan
+    if not math.isfinite(seconds):
+        raise BadRequest(f"{name} must be Unix seconds or an ISO 8601 time, got {raw[:40]!r}")
+    return seconds
+
+
+def find(wanted: Filters) -> dict:
+    """A page of jobs matching `wanted`, newest first: `{"jobs": [...], "next": <before of the next page, or
+    None>}`."""
+    query = Job.select(*SUMMARY)
+    if wanted.user_id is not None:
+        query = query.where(Job.user_id == wanted.user_id)
+    if wanted.service is not None:
+        query = query.where(Job.service == wanted.service)
+    if wanted.statuses:
+        query = query.where(Job.status.in_(sorted(wanted.statuses)))
+    if wanted.since is not None:
+        query = query.where(Job.created_at >= wanted.since)
+    if wanted.until is not None:
+        query = query.where(Job.created_at < wanted.until)
+    if wanted.before is not None:
+        query = query.where(Job.id < wanted.before)
+    rows = list(query.order_by(Job.id.desc()).limit(wanted.limit + 1).dicts())
+    more = len(rows) > wanted.limit
+    rows = rows[: wanted.limit]
+    return {"jobs": rows, "next": rows[-1]["id"] if more else None}
+
+
+def details(ctx: Context, job_id: int) -> dict:
+    """One job, whatever its status: its summary, its history (each change with its time and reason), how
+    many times it was sent (`attempts`), and the size of its result zip (None when there is none)."""
+    job = get(job_id)
+    events = list(
+        JobEvent.select(JobEvent.src, JobEvent.dst, JobEvent.at, JobEvent.reason)
+        .where(JobEvent.job == job_id)
+        .order_by(JobEvent.id)
+        .tuples()
+    )
+    try:
+        result_size = result_file(ctx, job).stat().st_size if job.status == Status.COMPLETED else None
+    except FileNotFoundError:
+        result_size = None
+    return {
+        **{field.name: getattr(job, field.name) for field in SUMMARY},
+        "attempts": sum(1 for _, dst, _, _ in events if dst == Status.SUBMITTED),
+        "result_size": result_size,
+        "history": [{"from": src, "to": dst, "at": at, "reason": reason} for src, dst, at, reason in events],
+    }
