@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 
-.PHONY: test lint fmt run bench clean
+.PHONY: test lint fmt run bench screenshot clean
 
 $(READY): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ run: $(READY) .env
 
 bench: $(READY)
 	$(BIN)/python -m bench $(BENCH)
+
+screenshot: $(READY)  # the README's picture of the dashboard, taken by its browser test
+	DASHBOARD_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest -q tests/test_dashboard.py
 
 clean:
 	rm -rf $(VENV) data *.sqlite *.sqlite-* bench/.scratch
