@@ -29,11 +29,11 @@ fmt: $(READY)
 	cp .env.sample .env
 
 run: $(READY) .env
-	@echo "Starting a server on http://localhost:5000 and a client on http://localhost:9000 (Ctrl-C stops both)."
-	@echo "  API documentation: http://localhost:5000/swagger-ui/"
-	@echo "  Submit a job:      curl -F file=@example/run.sh -F user_id=1 -F service=example http://localhost:5000/upload"
-	@echo "  Then:              curl http://localhost:5000/download/1 -o result.zip"
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
+	@echo "Starting a server and a client with the settings of .env (Ctrl-C stops both). With the defaults:"
+	@echo "  dashboard: http://localhost:5000/dashboard   API: http://localhost:5000/swagger-ui/"
+	@echo "  a job:     .venv/bin/python orchestrator.py submit --service example --user 1 example/run.sh --wait"
+	@# Ctrl-C reaches every process here: honcho stops the two, and its exit status 130 is no error.
+	trap "" INT; PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho -f Procfile.dev start || [ $$? -eq 130 ]
 
 bench: $(READY)
 	$(BIN)/python -m bench $(BENCH)

@@ -15,6 +15,7 @@ checks so that it never takes another job's payload for this one.
 Bodies stream in both directions; every call has a connect and a total timeout; failures raise ClientError.
 """
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -115,7 +116,11 @@ class ClientAPI:
         some), and the point to ask from next time. ClientError 404 from clients that have no event stream."""
         query = f"?wait={wait:g}" + ("" if after is None else f"&after={after}")
         url = f"{client.events_url}{query}"
-        response = await self._fetch(url, request_timeout=wait + self.request_timeout)
+        # A follow is cancelled when the server stops: the long-poll itself is left to end with its connection,
+        # quietly (a fetch cancelled in flight makes Tornado log an error when its connection then closes).
+        fetch = asyncio.ensure_future(self._fetch(url, request_timeout=wait + self.request_timeout))
+        fetch.add_done_callback(_outcome_seen)
+        response = await asyncio.shield(fetch)
         answer = _answer(url, response.code, response.body)
         if not isinstance(answer.get("last"), int) or not isinstance(answer.get("events"), list):
             raise ClientError(f"{url} answered without last and events", 502)
@@ -160,6 +165,12 @@ class ClientAPI:
             raise ClientError(f"{url}: {e}", e.code) from None
         except OSError as e:
             raise ClientError(f"{url} could not be reached: {e}", 599) from None
+
+
+def _outcome_seen(task: asyncio.Future) -> None:
+    """Mark the outcome of a task nobody may await any more as seen (asyncio would log it otherwise)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _expect(dest: Destination) -> dict[str, str]:
