@@ -57,8 +57,10 @@ class Health(BaseHandler):
               database: {type: string}}}}}
           "503":
             description: The database does not answer.
-            content: {application/json: {schema: {type: object, properties: {status: {type: string},
-              database: {type: string}}}}}
+            content:
+              application/json:
+                schema: {type: object, properties: {status: {type: string}, database: {type: string}}}
+                example: {status: error, database: unable to open database file}
         """
         try:
             self.db.execute_sql("SELECT 1")

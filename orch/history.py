@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from peewee import Select
+
 from orch.context import Context
 from orch.errors import BadRequest
 from orch.jobs import get, result_file
@@ -100,6 +102,15 @@ def _time(query: dict[str, str], name: str) -> float | None:
 def find(wanted: Filters) -> dict:
     """A page of jobs matching `wanted`, newest first: `{"jobs": [...], "next": <before of the next page, or
     None>}`."""
+    rows = list(page(wanted).dicts())
+    more = len(rows) > wanted.limit
+    rows = rows[: wanted.limit]
+    return {"jobs": rows, "next": rows[-1]["id"] if more else None}
+
+
+def page(wanted: Filters) -> Select:
+    """The query of a page: the jobs matching `wanted`, newest first, one more than the limit (to tell whether
+    another page follows)."""
     query = Job.select(*SUMMARY)
     if wanted.user_id is not None:
         query = query.where(Job.user_id == wanted.user_id)
@@ -113,10 +124,7 @@ def find(wanted: Filters) -> dict:
         query = query.where(Job.created_at < wanted.until)
     if wanted.before is not None:
         query = query.where(Job.id < wanted.before)
-    rows = list(query.order_by(Job.id.desc()).limit(wanted.limit + 1).dicts())
-    more = len(rows) > wanted.limit
-    rows = rows[: wanted.limit]
-    return {"jobs": rows, "next": rows[-1]["id"] if more else None}
+    return query.order_by(Job.id.desc()).limit(wanted.limit + 1)
 
 
 def details(ctx: Context, job_id: int) -> dict:
