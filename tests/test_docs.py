@@ -34,3 +34,16 @@ def test_readme_shows_the_two_commands_and_ci_runs_the_tested_one():
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_file_the_docs_link_to_exists():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which is missing"
+
+
+def test_the_readme_walks_through_the_python_client_the_dashboard_and_the_metrics():
+    readme = (ROOT / "README.md").read_text()
+    for must in ("from orch.portal import Orchestrator", "/dashboard", "docs/dashboard.png", "/metrics", "Procfile"):
+        assert must in readme
+    assert 150 <= len(readme.splitlines()) <= 200  # the front door: the rest is in docs/
