@@ -13,9 +13,11 @@ from pathlib import Path
 
 from bench.harness import Orchestrator, job_body, scratch, show
 from bench.uploads import quiet_service, upload_rate
-from orch.config import ServiceConfig
+from orch import history, metrics
+from orch.config import ServiceConfig, load
+from orch.context import Context
 from orch.database import open_server_db
-from orch.models import Job, server_db, transition
+from orch.models import Job, run, server_db, transition
 from orch.quotas import move_cursor, next_jobs
 from orch.states import Status
 from orch.storage import new_name
@@ -113,6 +115,36 @@ def fairness(path: Path, users: int) -> bool:
     return user == users + 2
 
 
+def lookups(path: Path, users: int, times: int = 20) -> dict[str, float]:
+    """Median seconds of a page of `GET /jobs` with each kind of filter, of a `/metrics` scrape, and of counting
+    every job (the floor of the scrape, which counts jobs by status)."""
+    open_server_db(path)
+    env = {
+        "SERVICE_BENCH_UPLOAD_URL": "http://127.0.0.1:9/submit",
+        "SERVICE_BENCH_DOWNLOAD_URL": "http://127.0.0.1:9/retrieve",
+    }
+    ctx = Context(load("server", env))
+    work = {
+        "page, no filter": lambda: history.find(history.Filters()),
+        "page, one user": lambda: history.find(history.Filters(user_id=users // 2)),
+        "page, a status": lambda: history.find(history.Filters(statuses=("Failed",))),
+        "page, user and status": lambda: history.find(history.Filters(user_id=users // 2, statuses=("Failed",))),
+        "page, since an hour": lambda: history.find(history.Filters(since=time.time() - 3600)),
+        "metrics scrape": lambda: metrics.exposition(ctx),
+        "count of every job": lambda: run(server_db, 'SELECT COUNT(*) FROM "jobs"').fetchone(),
+    }
+    medians = {}
+    for name, call in work.items():
+        durations = []
+        for _ in range(times):
+            start = time.perf_counter()
+            call()
+            durations.append(time.perf_counter() - start)
+        medians[name] = statistics.median(durations)
+    server_db.close()
+    return medians
+
+
 async def upload_pace(path: Path | None, seconds: float) -> float:
     """Uploads per second to a server whose database is `path` (None: empty), over `seconds`."""
     body, content_type = job_body("echo hello > out.txt\n")
@@ -139,6 +171,7 @@ async def measure(
         full_rate = max(rate for database, rate in paces if database is not None)
         durations = sender_rounds(path, rounds)
         fair = fairness(path, users)
+        looked = lookups(path, users)
     p95 = sorted(durations)[int(0.95 * (len(durations) - 1))]
     result = {
         "round_median": statistics.median(durations),
@@ -146,7 +179,9 @@ async def measure(
         "empty_rate": empty_rate,
         "full_rate": full_rate,
         "fair": fair,
+        "lookups": looked,
     }
+    scrape = looked["metrics scrape"]
     show(
         f"queue scale: {queued:,} queued from {users:,} users over {history:,} finished jobs",
         [
@@ -166,6 +201,15 @@ async def measure(
                 "holds: one job behind another user's 5,000 starts at the next free slot"
                 if fair
                 else "BROKEN: the lone job did not start at the next free slot",
+            ),
+            *(
+                (name, f"{seconds * 1000:.2f} ms")
+                for name, seconds in looked.items()
+                if name not in ("metrics scrape", "count of every job")
+            ),
+            (
+                "metrics scrape",
+                f"{scrape * 1000:.1f} ms ({scrape / looked['count of every job']:.1f}x counting every job, its floor)",
             ),
         ],
     )

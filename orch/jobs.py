@@ -75,7 +75,7 @@ def move(
     now = ctx.clock() if now is None else now
     moved = transition(Job, job_id, src, dst, now, message, **values)
     if moved:
-        timings.observe(ctx, job_id, dst, now)
+        timings.observe(ctx, job_id, src, dst, now)
     return moved
 
 

@@ -52,6 +52,9 @@ class Orchestrator:
         """Upload a job made of `files` (one of them named run.sh); `progress(sent, total)` is called as the
         body goes. Returns `{"id", "status": "Queued", "message"}`."""
         paths = [Path(file) for file in files]
+        for path in paths:
+            with open(path, "rb"):  # a file that cannot be read fails here, before anything is sent
+                pass
         boundary = uuid.uuid4().hex
         fields = b"".join(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
@@ -120,12 +123,16 @@ class Orchestrator:
             total = int(response.headers.get("Content-Length") or 0)
             partial_file = target.with_name(f".{target.name}.part")
             done = 0
-            with open(partial_file, "wb") as out:
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
+            try:
+                with open(partial_file, "wb") as out:
+                    while chunk := response.read(CHUNK):
+                        out.write(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total)
+            except OSError as e:
+                partial_file.unlink(missing_ok=True)
+                raise OrchestratorError(f"the download of job {job_id} was cut short: {e}") from None
         partial_file.replace(target)
         return target
 

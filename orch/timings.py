@@ -45,9 +45,9 @@ def registry(ctx: Context) -> Timings:
     return ctx.state(Timings)
 
 
-def observe(ctx: Context, job_id: int, dst: Status, now: float) -> None:
-    """Record the time a job waited (it was just sent) or ran (it just ended after a send)."""
-    if dst == Status.SUBMITTED:
+def observe(ctx: Context, job_id: int, src: Status, dst: Status, now: float) -> None:
+    """Record the time a job waited (a client just took it) or ran (it just ended after a send)."""
+    if (src, dst) == (Status.PROCESSING, Status.SUBMITTED):
         row = run(server_db, CREATED, (job_id,)).fetchone()
         if row is not None:
             registry(ctx).queue.labels(row[0]).observe(max(0.0, now - row[1]))

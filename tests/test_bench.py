@@ -42,7 +42,9 @@ async def test_queue_scale(capsys):
     assert result["fair"]
     assert 0 < result["round_median"] <= result["round_p95"]
     assert result["empty_rate"] > 0 and result["full_rate"] > 0
-    assert "fairness" in capsys.readouterr().out
+    assert all(seconds > 0 for seconds in result["lookups"].values())
+    out = capsys.readouterr().out
+    assert "fairness" in out and "metrics scrape" in out
 
 
 async def test_uploads(capsys):

@@ -154,4 +154,11 @@ def test_version_and_help():
     usage = subprocess.run(
         [sys.executable, str(ROOT / "orchestrator.py"), "--help"], capture_output=True, text=True, timeout=TIMEOUT
     )
-    assert usage.returncode == 0 and "server" in usage.stdout and "--port" in usage.stdout
+    assert usage.returncode == 0 and "server" in usage.stdout and "submit" in usage.stdout
+    server_usage = subprocess.run(
+        [sys.executable, str(ROOT / "orchestrator.py"), "server", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert server_usage.returncode == 0 and "--port" in server_usage.stdout
