@@ -2,8 +2,10 @@
 history.
 
 Pages are keyset-paginated on the id (`before`: only older jobs), so that a page costs the same whatever the
-length of the history: a user's or a status's jobs come from an index in id order (`jobs (user_id, id)`,
-`jobs (status, id)`), and a time range is a condition on jobs read newest first (ids grow with time).
+length of the history: a status's jobs come from the index `jobs (status, id)` in id order; a user's from the
+queue's index `jobs (status, service, user_id, id)`, one range per status and service, merged (an index led by
+the user would cost every upload a write at a random place in it); a time range is a condition on jobs read
+newest first (ids grow with time).
 """
 
 import math
@@ -15,9 +17,10 @@ from peewee import Select
 from orch.context import Context
 from orch.errors import BadRequest
 from orch.jobs import get, result_file
-from orch.models import Job, JobEvent
+from orch.models import Job, JobEvent, run, server_db
 from orch.states import JOB_STATUSES, Status
 
+NEXT_SERVICE = 'SELECT MIN("service") FROM "jobs" WHERE "status" = ? AND "service" > ?'
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 SUMMARY = (
@@ -112,12 +115,16 @@ def page(wanted: Filters) -> Select:
     """The query of a page: the jobs matching `wanted`, newest first, one more than the limit (to tell whether
     another page follows)."""
     query = Job.select(*SUMMARY)
+    statuses = sorted(wanted.statuses)
+    services = [wanted.service] if wanted.service is not None else []
     if wanted.user_id is not None:
         query = query.where(Job.user_id == wanted.user_id)
-    if wanted.service is not None:
-        query = query.where(Job.service == wanted.service)
-    if wanted.statuses:
-        query = query.where(Job.status.in_(sorted(wanted.statuses)))
+        statuses = statuses or sorted(JOB_STATUSES)
+        services = services or services_with_jobs()
+    if services:
+        query = query.where(Job.service.in_(services))
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
     if wanted.since is not None:
         query = query.where(Job.created_at >= wanted.since)
     if wanted.until is not None:
@@ -125,6 +132,17 @@ def page(wanted: Filters) -> Select:
     if wanted.before is not None:
         query = query.where(Job.id < wanted.before)
     return query.order_by(Job.id.desc()).limit(wanted.limit + 1)
+
+
+def services_with_jobs() -> list[str]:
+    """Every service that has jobs, found along the index `jobs (status, service, ...)`: one seek per status
+    and service, whatever the number of jobs."""
+    found = set()
+    for status in sorted(JOB_STATUSES):
+        service = ""
+        while (service := run(server_db, NEXT_SERVICE, (status, service)).fetchone()[0]) is not None:
+            found.add(service)
+    return sorted(found)
 
 
 def details(ctx: Context, job_id: int) -> dict:

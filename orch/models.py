@@ -57,7 +57,6 @@ class Job(Model):
             (("status", "service", "user_id", "id"), False),  # queue order and quota counts
             (("status", "finished_at"), False),  # the cleaner
             (("folder",), True),  # a job's key, in the events of its client
-            (("user_id", "id"), False),  # a user's jobs, newest first (GET /jobs)
             (("status", "id"), False),  # the jobs in a status, newest first (GET /jobs)
         )
 
