@@ -94,21 +94,7 @@ class Overview(BaseHandler):
             description: The overview.
             content: {application/json: {schema: {$ref: "#/components/schemas/Overview"}}}
         """
-        ctx = self.ctx
-        services, users = overview.queues(ctx)
-        clients = overview.clients(ctx, ctx.clock())
-        loads = await overview.loads(ctx, [client["address"] for client in clients])
-        for client in clients:
-            client["load"] = loads[client["address"]]
-        self.write_json(
-            {
-                "services": services,
-                "users": users[: overview.MAX_USERS],
-                "clients": clients,
-                "failures": overview.failures(),
-                "at": ctx.clock(),
-            }
-        )
+        self.write_json(await overview.snapshot(self.ctx))
 
 
 class Metrics(BaseHandler):

@@ -27,6 +27,23 @@ ON_CLIENTS = (
 )
 
 
+async def snapshot(ctx: Context) -> dict:
+    """What the dashboard shows: `services`, `users` (the MAX_USERS with the most queued jobs), `clients` with
+    their `load`, the recent `failures`, and when (`at`)."""
+    services, users = queues(ctx)
+    found = clients(ctx, ctx.clock())
+    cpu = await loads(ctx, [client["address"] for client in found])
+    for client in found:
+        client["load"] = cpu[client["address"]]
+    return {
+        "services": services,
+        "users": users[:MAX_USERS],
+        "clients": found,
+        "failures": failures(),
+        "at": ctx.clock(),
+    }
+
+
 def queues(ctx: Context) -> tuple[list[dict], list[dict]]:
     """Per configured service (and service with unfinished jobs): `queued`, `running` (Running), `active` (every
     job holding a slot) against `max_runs`, and `runs_per_user`; per user of a service with unfinished jobs:

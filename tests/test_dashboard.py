@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from bench.cluster import Cluster
 
@@ -34,8 +35,6 @@ def browser(tmp_path):
     """A page of a fresh chromium (its own empty profile); everything is closed after the test."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: tests/system/install.sh installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"),

@@ -22,13 +22,13 @@ async def test_each_status_change_of_a_job_is_one_info_line_with_its_reason(node
     await wait_for(lambda: job_status(job) == "Failed")
     await server.settle()
     moves = [line for line in lines(caplog, "orch.models") if line.startswith(f"job {job}:")]
-    assert moves == [
+    assert moves[:3] == [
         f"job {job}: new -> Queued: uploaded",
         f"job {job}: Queued -> Processing",
         f"job {job}: Processing -> Submitted",
-        *([f"job {job}: Submitted -> Running"] if len(moves) == 5 else []),  # unless it ended before the look
-        f"job {job}: {'Running' if len(moves) == 5 else 'Submitted'} -> Failed: run.sh exited with code 3",
     ]
+    assert moves[3:-1] in ([], [f"job {job}: Submitted -> Running"])  # unless it ended before the server looked
+    assert moves[-1].endswith(" -> Failed: run.sh exited with code 3")
     assert any(line.startswith("payload 1: Running -> Failed") for line in lines(caplog, "orch.models"))
 
 

@@ -77,9 +77,8 @@ def wait_for(condition, what: str):
 def serve_installed(bin_path: Path, folder: Path) -> None:
     """Run the installed command's server in `folder`, check what it serves from static/, then stop it."""
     folder.mkdir()
-    (folder / ".env").write_text("SERVICE_EXAMPLE_UPLOAD_URL=http://127.0.0.1:9/submit\n")
     (folder / ".env").write_text(
-        (folder / ".env").read_text() + "SERVICE_EXAMPLE_DOWNLOAD_URL=http://127.0.0.1:9/retrieve\n"
+        "SERVICE_EXAMPLE_UPLOAD_URL=http://127.0.0.1:9/submit\nSERVICE_EXAMPLE_DOWNLOAD_URL=http://127.0.0.1:9/retrieve\n"
     )
     log = folder / "server.log"
     with open(log, "wb") as out:
