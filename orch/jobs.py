@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tornado.ioloop import IOLoop
 
-from orch import ownership, storage
+from orch import ownership, peers, storage
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
@@ -159,7 +159,7 @@ async def terminate(ctx: Context, job_id: int) -> Job:
 
 async def _kill_on_client(ctx: Context, job: Job) -> Job:
     previous = Status(job.status)
-    if previous == Status.LOCKED or not move(ctx, job.id, previous, Status.LOCKED):
+    if previous == Status.LOCKED or not move(ctx, job.id, previous, Status.LOCKED, owner=ctx.process):
         raise Conflict(f"job {job.id} is being terminated already", job.id, Status.LOCKED)
     client = client_of(ctx, job)
     try:
@@ -220,18 +220,45 @@ def _is_job_entry(entry: Path) -> bool:
     return FOLDER_NAME.fullmatch(entry.name.removesuffix(".zip")) is not None
 
 
+def release_orphans(ctx: Context, now: float) -> int:
+    """Put back what a server process that is gone left half-done: jobs it was sending go back to the queue,
+    jobs it was terminating back to their client (the getter resumes them); and remove its scratch folder.
+    Alone on a database (SQLite), every other process is gone. Returns how many jobs."""
+    alive = peers.alive(now) if ctx.config.shares_data else {ctx.process}
+    released = 0
+    for job in Job.select(Job.id, Job.status, Job.owner).where(Job.status.in_([Status.PROCESSING, Status.LOCKED])):
+        if job.owner in alive:
+            continue
+        if job.status == Status.PROCESSING:
+            released += move(
+                ctx, job.id, Status.PROCESSING, Status.QUEUED, "the server stopped while sending it", now=now
+            )
+        else:
+            released += move(
+                ctx, job.id, Status.LOCKED, Status.SUBMITTED, "the server stopped during a terminate", now=now
+            )
+    scratch = ctx.config.tmp_path
+    gone = (
+        [entry for entry in scratch.iterdir() if entry.name not in alive]
+        if ctx.config.shares_data and scratch.is_dir()
+        else []
+    )
+    for entry in gone:
+        storage.remove(entry)
+    return released
+
+
 def recover(ctx: Context) -> None:
     """Make the database and the disk consistent after a stop or a crash, before serving.
 
-    Jobs caught half-way through a send go back to the queue; a terminate that was cut short leaves its job
-    dispatched (the getter resumes it). Queued jobs of a service that is not configured wait, saying so, until
-    it is. Folders and results that belong to no job (an upload cut short) are quarantined, never deleted.
+    What a server process that is gone left half-done is put back (`release_orphans`). Queued jobs of a service
+    that is not configured wait, saying so, until it is. Folders and results that belong to no job (an upload
+    cut short) are quarantined, never deleted.
     """
     now = ctx.clock()
-    for job in Job.select(Job.id).where(Job.status == Status.PROCESSING):
-        move(ctx, job.id, Status.PROCESSING, Status.QUEUED, "the server restarted while sending it", now=now)
-    for job in Job.select(Job.id).where(Job.status == Status.LOCKED):
-        move(ctx, job.id, Status.LOCKED, Status.SUBMITTED, "the server restarted during a terminate", now=now)
+    if not ctx.config.shares_data:
+        shutil.rmtree(ctx.tmp_path, ignore_errors=True)
+    release_orphans(ctx, now)
     waiting = Job.select(Job.id, Job.service).where(
         Job.status == Status.QUEUED, Job.service.not_in(list(ctx.config.services))
     )
@@ -247,7 +274,6 @@ def recover(ctx: Context) -> None:
         Job.update(client=service.client.address).where(
             Job.service == name, Job.client.is_null(), Job.dest_id.is_null(False)
         ).execute()
-    shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     strays = [
         entry
         for entry in ctx.data_path.iterdir()
