@@ -22,7 +22,7 @@ from tornado.process import Subprocess
 from tornado.testing import bind_unused_port
 
 from handlers import make_app
-from orch import database, ownership, payloads, peers, processes
+from orch import database, ownership, payloads, peers, processes, tracking
 from orch.config import Config, load
 from orch.context import Context
 from orch.models import Job, Payload, client_db, server_db
@@ -77,6 +77,7 @@ class Node:
             beat.stop()
         self.http_server.stop()
         if self.config.mode == "server":
+            tracking.unfollow_all(self.ctx)
             peers.unregister(self.ctx)
         self.ctx.owner.release()
 
