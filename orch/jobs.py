@@ -9,6 +9,7 @@ import asyncio
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 
 from tornado.ioloop import IOLoop
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 INT32 = range(-(2**31), 2**31)
 FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
-TERMINATE_ATTEMPTS = 5
+SEND_POLL = 0.05  # seconds between two looks at a job being sent by another server process
 # Plain SQL where it runs at every round or every event (see orch.models on the cost of building queries).
 DISPATCHED = 'SELECT "id", "client" FROM "jobs" WHERE "status" IN (?, ?)'
 BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ?'
@@ -138,23 +139,24 @@ async def terminate(ctx: Context, job_id: int) -> Job:
     Returns the Killed job. Raises NotFound, Conflict (already finished: nothing changes), or ClientError
     when its client cannot be reached (the job keeps its status).
     """
-    for _ in range(TERMINATE_ATTEMPTS):
+    deadline = time.monotonic() + ctx.config.http_timeout  # how long a send may take
+    while time.monotonic() < deadline:
         job = get(job_id)
         status = Status(job.status)
         if status == Status.QUEUED:
             if move(ctx, job_id, status, Status.KILLED, "job terminated"):
                 return get(job_id)
-        elif status == Status.PROCESSING:
+        elif status == Status.PROCESSING:  # being sent: kill it once its client has it
             if ("send", job_id) in ctx.inflight:
                 await ctx.inflight.ended(("send", job_id))
             else:
-                await asyncio.sleep(0.05)  # the job is between two steps of a task; look again shortly
+                await asyncio.sleep(SEND_POLL)  # sent by another server process, or between two steps
         elif status in (Status.SUBMITTED, Status.RUNNING, Status.LOCKED):
             # Concurrent terminates of one job share a single call to its client.
             return await ctx.inflight.start(("terminate", job_id), lambda job=job: _kill_on_client(ctx, job))
         else:
             raise Conflict(f"job {job_id} is already {status}", job_id, status)
-    raise Conflict(f"job {job_id} keeps changing status; try again", job_id, get(job_id).status)
+    raise Conflict(f"job {job_id} is still being sent to its client; try again", job_id, get(job_id).status)
 
 
 async def _kill_on_client(ctx: Context, job: Job) -> Job:

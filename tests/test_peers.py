@@ -1,6 +1,7 @@
 """Server processes sharing one PostgreSQL database (`orch.peers`): leases, liveness, what a dead process leaves,
 fair claims and single cleaning across processes. Two server apps run in this process on one database."""
 
+import asyncio
 import time
 
 import pytest
@@ -89,3 +90,15 @@ async def test_two_processes_cleaning_at_once_remove_each_job_once(postgres_url,
     for job_id in ids:
         assert Job.get_by_id(job_id).status == "Cleaned"
         assert not jobs.folder(first.ctx, Job.get_by_id(job_id)).exists()
+
+
+async def test_a_terminate_on_one_process_waits_for_the_send_of_another_to_end(pair):
+    first, second = pair()
+    _, body = await upload(first, script("exit 0\n"))
+    assert jobs.move(first.ctx, body["id"], Status.QUEUED, Status.PROCESSING, owner=first.ctx.process)
+    terminating = asyncio.ensure_future(second.json(f"/terminate/{body['id']}", method="POST", body=b""))
+    await asyncio.sleep(0.3)
+    assert not terminating.done()  # not a 409: the job is only being sent, by the other process
+    assert jobs.move(first.ctx, body["id"], Status.PROCESSING, Status.QUEUED, "its client did not answer")
+    code, answer = await terminating
+    assert (code, answer["status"]) == (200, "Killed")
