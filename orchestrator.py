@@ -20,7 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from handlers import make_app
-from orch import VERSION, cli
+from orch import VERSION, cli, peers
 from orch.config import Config, load
 from orch.node import open_node
 from tasks import start_tasks
@@ -136,6 +136,8 @@ async def serve(config: Config) -> None:
         asyncio.ensure_future(server.close_all_connections()),
     ]
     await asyncio.wait(ending, timeout=SHUTDOWN_GRACE)
+    if config.mode == "server":
+        peers.unregister(ctx)  # its peers take over its clients at once
     ctx.close()
 
 

@@ -88,12 +88,23 @@ class Config:
     http_timeout: float = 600
     client_lost_after: float = 3600
     orch_token: str = ""
+    db_url: str = ""  # a PostgreSQL database instead of DB_PATH's SQLite file
     job_env: str = "PATH,HOME,LANG,LC_ALL,TZ,TMPDIR,USER,LOGNAME"
     script_blocklist: bool = True
     # Not read from variables: the mode, the --insecure flag, and what is derived from other settings.
     insecure: bool = False
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     job_environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def database(self) -> Path | str:
+        """Where the database is: DB_URL (PostgreSQL) if set, else DB_PATH (a SQLite file)."""
+        return self.db_url or self.db_path
+
+    @property
+    def shares_data(self) -> bool:
+        """Whether other processes use the same database and data folder: server processes on PostgreSQL."""
+        return self.mode == "server" and bool(self.db_url)
 
     @property
     def tmp_path(self) -> Path:
@@ -194,12 +205,24 @@ def validate(config: Config) -> None:
         raise ValueError(f"KILL_GRACE must be 0 or more, got {config.kill_grace}")
     if config.http_timeout <= config.kill_grace:
         raise ValueError("HTTP_TIMEOUT must be longer than KILL_GRACE, or terminations time out before a kill ends")
+    if config.db_url:
+        check_db_url(config.db_url)
     if config.orch_token and not re.fullmatch(r"[\x21-\x7e]+", config.orch_token):
         raise ValueError("ORCH_TOKEN must be printable ASCII without spaces (it travels in an HTTP header)")
     if config.mode == "client" and not config.orch_token and not config.insecure and not is_loopback(config.host):
         raise ValueError(
             f"HOST is {config.host}, so anyone who reaches this client could run code on it: set "
             "ORCH_TOKEN (the same on the server), or pass --insecure if the network is private"
+        )
+
+
+def check_db_url(url: str) -> None:
+    """ValueError unless `url` names a PostgreSQL database (its password is never repeated)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        shown = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+        raise ValueError(
+            f"DB_URL must be postgresql://user:password@host:5432/database (or ?host=/socket/folder), got {shown!r}"
         )
 
 

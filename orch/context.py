@@ -4,6 +4,7 @@ to wake a task at once. State that belongs to one mode lives in the module that 
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -79,6 +80,8 @@ class Context:
     clock: Callable[[], float] = time.time
     inflight: Inflight = field(default_factory=Inflight)
     owner: Ownership | None = None  # the locks on the database and the data folder
+    # This process's id: names its scratch folder and, on a server, the process among its peers (orch.peers).
+    process: str = field(default_factory=lambda: uuid.uuid4().hex)
     _wakers: dict[str, Callable[[], None]] = field(default_factory=dict)
     _states: dict[type, object] = field(default_factory=dict)
 
@@ -105,7 +108,7 @@ class Context:
     @cached_property
     def clients(self) -> ClientAPI:
         """Calls to clients (server)."""
-        return ClientAPI(self.http, self.config)
+        return ClientAPI(self.http, self.config, self.tmp_path)
 
     @property
     def data_path(self) -> Path:
@@ -113,7 +116,8 @@ class Context:
 
     @property
     def tmp_path(self) -> Path:
-        return self.config.tmp_path
+        """Scratch space: the process's own when processes share the data folder."""
+        return self.config.tmp_path / self.process if self.config.shares_data else self.config.tmp_path
 
     def close(self) -> None:
         """Give back what the process holds: its HTTP client and its locks."""

@@ -1,10 +1,14 @@
-"""Opening a mode's database: the file and its settings, its schema (brought up to date by `orch.migrations`),
-the transition guard, and the facts it keeps about itself."""
+"""Opening a mode's database, SQLite (a file, the default) or PostgreSQL (`DB_URL`): the connection and its
+settings, its schema (brought up to date by `orch.migrations`), the transition guard, and the facts it keeps
+about itself."""
 
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from peewee import Database, DatabaseError, Model
+from peewee import Database, DatabaseError, DatabaseProxy, Model, PostgresqlDatabase, SqliteDatabase
+from playhouse.db_url import parse
+from playhouse.shortcuts import ReconnectMixin
 
 from orch import migrations
 from orch.models import (
@@ -13,9 +17,13 @@ from orch.models import (
     Cursor,
     Instance,
     Job,
+    Lease,
     Payload,
+    Server,
     ServerFact,
     client_db,
+    is_postgres,
+    serialize,
     server_db,
 )
 
@@ -30,48 +38,103 @@ PRAGMAS = {
     "cache_size": -64 * 1024,
 }
 IDENTITY = "data_identity"  # the fact naming the data folder paired with the database (see orch.ownership)
+# Peewee's FloatField is PostgreSQL's 4-byte REAL, which rounds a Unix time to two minutes.
+POSTGRES_TYPES = {"FLOAT": "DOUBLE PRECISION"}
 
 
-def open_server_db(path: Path) -> None:
-    _open(server_db, path, Job, ServerFact, [Cursor])
+class Postgres(ReconnectMixin, PostgresqlDatabase):
+    """PostgreSQL that reconnects once when its connection was lost (the server restarted, a failover)."""
 
 
-def open_client_db(path: Path) -> None:
-    _open(client_db, path, Payload, ClientFact, [Instance])
+def open_server_db(location: Path | str) -> None:
+    """Open the server's database: a SQLite file at `location`, or the PostgreSQL database it names."""
+    _open(server_db, location, Job, ServerFact, [Cursor, Server, Lease])
+
+
+def open_client_db(location: Path | str) -> None:
+    """Open the client's database (see `open_server_db`)."""
+    _open(client_db, location, Payload, ClientFact, [Instance])
     if not Instance.select().exists():
         Instance.create(id=uuid.uuid4().hex)
+
+
+def close(proxy: DatabaseProxy) -> None:
+    """Close the connection of a database, if it was opened."""
+    if proxy.obj is not None and not proxy.is_closed():
+        proxy.close()
 
 
 def client_instance() -> str:
     return Instance.get().id
 
 
-def _open(db: Database, path: Path, model: type[Model], facts: type[Model], others: list[type[Model]]) -> None:
-    """Open the database file at `path` (made if missing; its folder must exist), bring its schema up to date
-    and install the transition guard. ValueError naming DB_PATH when it cannot be used."""
+def label(location: Path | str) -> str:
+    """How messages name a database: DB_PATH and its path, or DB_URL without its password."""
+    if isinstance(location, Path):
+        return f"DB_PATH {str(location)!r}"
+    parts = urlsplit(location)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    return f"DB_URL {parts._replace(netloc=netloc).geturl()!r}"
+
+
+def connect(location: Path | str) -> Database:
+    """The database at `location` (not connected yet)."""
+    if isinstance(location, Path):
+        return SqliteDatabase(str(location), pragmas=PRAGMAS, timeout=5)
+    settings = parse(location)
+    if isinstance(settings.get("host"), str):
+        settings["host"] = unquote(settings["host"])  # a socket folder, written %2Frun%2Fpostgresql
+    return Postgres(field_types=POSTGRES_TYPES, **settings)
+
+
+def _open(
+    proxy: DatabaseProxy, location: Path | str, model: type[Model], facts: type[Model], others: list[type[Model]]
+) -> None:
+    """Bind `proxy` to the database at `location` (a SQLite file is made if missing; its folder must exist),
+    bring its schema up to date and install the transition guard. ValueError naming the setting when it
+    cannot be used."""
     events, transitions, pairs = MACHINES[model]
-    if not db.is_closed():
-        db.close()
-    db.init(str(path), pragmas=PRAGMAS, timeout=5)
+    close(proxy)
+    proxy.initialize(connect(location))
+    other = Payload if model is Job else Job
     try:
-        db.connect()
-        migrations.upgrade(facts, [model, events, transitions, facts, *others])
-        _guard(db, model, transitions, pairs)
+        proxy.connect()
+        if proxy.table_exists(other._meta.table_name):
+            raise ValueError(
+                f"it holds the {other._meta.table_name} of the other mode (a server and a client need a database each)"
+            )
+        with proxy.atomic():
+            serialize(proxy, "schema")  # several servers starting at once on one PostgreSQL: one at a time
+            migrations.upgrade(facts, [model, events, transitions, facts, *others])
+            _guard(proxy, model, transitions, pairs)
     except (DatabaseError, ValueError) as e:
-        db.close()
-        raise ValueError(f"DB_PATH is {str(path)!r}, which cannot be used: {e}") from None
+        close(proxy)
+        raise ValueError(f"{label(location)} cannot be used: {str(e).strip().splitlines()[0]}") from None
 
 
 def _guard(db: Database, model: type[Model], transitions: type[Model], pairs: frozenset) -> None:
     """Refresh the table of allowed transitions from `orch.states` and the trigger that enforces it."""
-    with db.atomic():
-        transitions.delete().execute()
-        transitions.insert_many([(src, dst) for src, dst in pairs], fields=[transitions.src, transitions.dst]).execute()
-        table, guard = model._meta.table_name, transitions._meta.table_name
+    transitions.delete().execute()
+    transitions.insert_many(sorted(pairs), fields=[transitions.src, transitions.dst]).execute()
+    table, guard = model._meta.table_name, transitions._meta.table_name
+    allowed = f"EXISTS (SELECT 1 FROM {guard} WHERE src = OLD.status AND dst = NEW.status)"
+    if is_postgres(db):
+        db.execute_sql(
+            f"CREATE OR REPLACE FUNCTION {table}_status_guard() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.status IS DISTINCT FROM OLD.status AND NOT {allowed} THEN "
+            f"RAISE EXCEPTION 'illegal status transition' USING ERRCODE = 'check_violation'; END IF; "
+            f"RETURN NEW; END $$"
+        )
+        db.execute_sql(f"DROP TRIGGER IF EXISTS {table}_status_guard ON {table}")
+        db.execute_sql(
+            f"CREATE TRIGGER {table}_status_guard BEFORE UPDATE OF status ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {table}_status_guard()"
+        )
+    else:
         db.execute_sql(
             f"CREATE TRIGGER IF NOT EXISTS {table}_status_guard BEFORE UPDATE OF status ON {table} "
-            f"WHEN NEW.status IS NOT OLD.status AND NOT EXISTS "
-            f"(SELECT 1 FROM {guard} WHERE src = OLD.status AND dst = NEW.status) "
+            f"WHEN NEW.status IS NOT OLD.status AND NOT {allowed} "
             f"BEGIN SELECT RAISE(ABORT, 'illegal status transition'); END"
         )
 
@@ -82,4 +145,4 @@ def fact(facts: type[Model], key: str) -> str | None:
 
 
 def set_fact(facts: type[Model], key: str, value: str) -> None:
-    facts.replace(key=key, value=value).execute()
+    facts.insert(key=key, value=value).on_conflict(conflict_target=[facts.key], update={facts.value: value}).execute()

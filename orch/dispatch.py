@@ -11,7 +11,7 @@ import logging
 from orch import jobs, quotas, tracking
 from orch.context import Context
 from orch.errors import ClientError
-from orch.models import server_db
+from orch.models import serialize, server_db
 from orch.states import Status
 
 log = logging.getLogger(__name__)
@@ -25,14 +25,12 @@ def claim(ctx: Context, now: float) -> list[int]:
         client = service.client
         if not tracking.ready(ctx, client, now) and tracking.lost(ctx, client.address, now) is None:
             continue  # waiting out a failure (a lost client is called anyway: its jobs end at their send)
-        picks = quotas.next_jobs(service)
-        if not picks:
-            continue
         with server_db.atomic():
+            serialize(server_db, f"claim {name}")  # server processes sharing PostgreSQL claim in turn: fair, in quota
             mine = [
                 (job, user)
-                for job, user in picks
-                if jobs.move(ctx, job, Status.QUEUED, Status.PROCESSING, message="", now=now)
+                for job, user in quotas.next_jobs(service)
+                if jobs.move(ctx, job, Status.QUEUED, Status.PROCESSING, message="", now=now, owner=ctx.process)
             ]
             if mine:
                 quotas.move_cursor(name, mine[-1][1])

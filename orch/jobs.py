@@ -9,11 +9,12 @@ import asyncio
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 
 from tornado.ioloop import IOLoop
 
-from orch import ownership, storage, timings
+from orch import ownership, peers, storage, timings
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 INT32 = range(-(2**31), 2**31)
 FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
-TERMINATE_ATTEMPTS = 5
+SEND_POLL = 0.05  # seconds between two looks at a job being sent by another server process
 # Plain SQL where it runs at every round or every event (see orch.models on the cost of building queries).
 DISPATCHED = 'SELECT "id", "client" FROM "jobs" WHERE "status" IN (?, ?)'
 BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ?'
@@ -144,28 +145,29 @@ async def terminate(ctx: Context, job_id: int) -> Job:
     Returns the Killed job. Raises NotFound, Conflict (already finished: nothing changes), or ClientError
     when its client cannot be reached (the job keeps its status).
     """
-    for _ in range(TERMINATE_ATTEMPTS):
+    deadline = time.monotonic() + ctx.config.http_timeout  # how long a send may take
+    while time.monotonic() < deadline:
         job = get(job_id)
         status = Status(job.status)
         if status == Status.QUEUED:
             if move(ctx, job_id, status, Status.KILLED, "job terminated"):
                 return get(job_id)
-        elif status == Status.PROCESSING:
+        elif status == Status.PROCESSING:  # being sent: kill it once its client has it
             if ("send", job_id) in ctx.inflight:
                 await ctx.inflight.ended(("send", job_id))
             else:
-                await asyncio.sleep(0.05)  # the job is between two steps of a task; look again shortly
+                await asyncio.sleep(SEND_POLL)  # sent by another server process, or between two steps
         elif status in (Status.SUBMITTED, Status.RUNNING, Status.LOCKED):
             # Concurrent terminates of one job share a single call to its client.
             return await ctx.inflight.start(("terminate", job_id), lambda job=job: _kill_on_client(ctx, job))
         else:
             raise Conflict(f"job {job_id} is already {status}", job_id, status)
-    raise Conflict(f"job {job_id} keeps changing status; try again", job_id, get(job_id).status)
+    raise Conflict(f"job {job_id} is still being sent to its client; try again", job_id, get(job_id).status)
 
 
 async def _kill_on_client(ctx: Context, job: Job) -> Job:
     previous = Status(job.status)
-    if previous == Status.LOCKED or not move(ctx, job.id, previous, Status.LOCKED):
+    if previous == Status.LOCKED or not move(ctx, job.id, previous, Status.LOCKED, owner=ctx.process):
         raise Conflict(f"job {job.id} is being terminated already", job.id, Status.LOCKED)
     client = client_of(ctx, job)
     try:
@@ -226,18 +228,45 @@ def _is_job_entry(entry: Path) -> bool:
     return FOLDER_NAME.fullmatch(entry.name.removesuffix(".zip")) is not None
 
 
+def release_orphans(ctx: Context, now: float) -> int:
+    """Put back what a server process that is gone left half-done: jobs it was sending go back to the queue,
+    jobs it was terminating back to their client (the getter resumes them); and remove its scratch folder.
+    Alone on a database (SQLite), every other process is gone. Returns how many jobs."""
+    alive = peers.alive(now) if ctx.config.shares_data else {ctx.process}
+    released = 0
+    for job in Job.select(Job.id, Job.status, Job.owner).where(Job.status.in_([Status.PROCESSING, Status.LOCKED])):
+        if job.owner in alive:
+            continue
+        if job.status == Status.PROCESSING:
+            released += move(
+                ctx, job.id, Status.PROCESSING, Status.QUEUED, "the server stopped while sending it", now=now
+            )
+        else:
+            released += move(
+                ctx, job.id, Status.LOCKED, Status.SUBMITTED, "the server stopped during a terminate", now=now
+            )
+    scratch = ctx.config.tmp_path
+    gone = (
+        [entry for entry in scratch.iterdir() if entry.name not in alive]
+        if ctx.config.shares_data and scratch.is_dir()
+        else []
+    )
+    for entry in gone:
+        storage.remove(entry)
+    return released
+
+
 def recover(ctx: Context) -> None:
     """Make the database and the disk consistent after a stop or a crash, before serving.
 
-    Jobs caught half-way through a send go back to the queue; a terminate that was cut short leaves its job
-    dispatched (the getter resumes it). Queued jobs of a service that is not configured wait, saying so, until
-    it is. Folders and results that belong to no job (an upload cut short) are quarantined, never deleted.
+    What a server process that is gone left half-done is put back (`release_orphans`). Queued jobs of a service
+    that is not configured wait, saying so, until it is. Folders and results that belong to no job (an upload
+    cut short) are quarantined, never deleted.
     """
     now = ctx.clock()
-    for job in Job.select(Job.id).where(Job.status == Status.PROCESSING):
-        move(ctx, job.id, Status.PROCESSING, Status.QUEUED, "the server restarted while sending it", now=now)
-    for job in Job.select(Job.id).where(Job.status == Status.LOCKED):
-        move(ctx, job.id, Status.LOCKED, Status.SUBMITTED, "the server restarted during a terminate", now=now)
+    if not ctx.config.shares_data:
+        shutil.rmtree(ctx.tmp_path, ignore_errors=True)
+    release_orphans(ctx, now)
     waiting = Job.select(Job.id, Job.service).where(
         Job.status == Status.QUEUED, Job.service.not_in(list(ctx.config.services))
     )
@@ -253,7 +282,6 @@ def recover(ctx: Context) -> None:
         Job.update(client=service.client.address).where(
             Job.service == name, Job.client.is_null(), Job.dest_id.is_null(False)
         ).execute()
-    shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     strays = [
         entry
         for entry in ctx.data_path.iterdir()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from peewee import CharField, Database, Model
 from playhouse.migrate import SchemaMigrator, migrate
 
-from orch.models import ClientFact, Job, ServerFact
+from orch.models import ClientFact, Job, Lease, Server, ServerFact, backend
 
 Step = Callable[[Database, SchemaMigrator], None]
 
@@ -26,6 +26,13 @@ def _server_2(db: Database, migrator: SchemaMigrator) -> None:
 
 
 def _server_3(db: Database, migrator: SchemaMigrator) -> None:
+    """Several server processes on one database: who they are, the leases they share out, and which process
+    is sending or terminating a job."""
+    db.create_tables([Server, Lease])
+    migrate(migrator.add_column(Job._meta.table_name, "owner", CharField(null=True)))
+
+
+def _server_4(db: Database, migrator: SchemaMigrator) -> None:
     """An index for looking jobs up by status, newest first, over a long history (`GET /jobs`)."""
     migrate(migrator.add_index(Job._meta.table_name, ("status", "id"), name="job_status_id"))
 
@@ -37,7 +44,7 @@ def _client_2(db: Database, migrator: SchemaMigrator) -> None:
 
 # STEPS[mode][n] brings a database of version n - 1 to version n.
 STEPS: dict[type[Model], dict[int, Step]] = {
-    ServerFact: {2: _server_2, 3: _server_3},
+    ServerFact: {2: _server_2, 3: _server_3, 4: _server_4},
     ClientFact: {2: _client_2},
 }
 VERSION = "schema_version"
@@ -49,19 +56,19 @@ def latest(facts: type[Model]) -> int:
 
 def version(facts: type[Model]) -> int:
     """The schema version of the open database whose facts table is `facts`: 0 when it has no tables yet."""
-    db = facts._meta.database
+    db = backend(facts._meta.database)
     if facts.table_exists():
         row = facts.get_or_none(facts.key == VERSION)
         return int(row.value) if row else 0
-    if db.get_tables():
-        return int(db.execute_sql("PRAGMA user_version").fetchone()[0])  # version 1 kept it there
+    if db.get_tables():  # version 1, which only knew SQLite, kept it in user_version
+        return int(db.execute_sql("PRAGMA user_version").fetchone()[0])
     return 0
 
 
 def upgrade(facts: type[Model], models: list[type[Model]]) -> None:
     """Bring the open database whose facts table is `facts` to the latest schema, creating `models` when it is
     new; ValueError when it is newer than this code."""
-    db = facts._meta.database
+    db = backend(facts._meta.database)
     newest = latest(facts)
     with db.atomic():
         current = version(facts)
@@ -76,4 +83,6 @@ def upgrade(facts: type[Model], models: list[type[Model]]) -> None:
             migrator = SchemaMigrator.from_database(db)
             for step in range(current + 1, newest + 1):
                 STEPS[facts][step](db, migrator)
-        facts.replace(key=VERSION, value=str(newest)).execute()
+        facts.insert(key=VERSION, value=str(newest)).on_conflict(
+            conflict_target=[facts.key], update={facts.value: str(newest)}
+        ).execute()

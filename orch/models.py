@@ -1,7 +1,8 @@
 """Peewee models of both modes, and `transition()`, the only way a status changes.
 
 The server's jobs and the client's payloads live in two databases (`server_db`, `client_db`) so that both
-modes can run in one process (the integration tests do). Each is opened once at start-up by `orch.database`.
+modes can run in one process (the integration tests do). Each is a proxy, bound once at start-up by
+`orch.database` to SQLite or PostgreSQL: everything here works on both.
 """
 
 import functools
@@ -13,11 +14,12 @@ from peewee import (
     Check,
     CompositeKey,
     Database,
+    DatabaseProxy,
     FloatField,
     ForeignKeyField,
     IntegerField,
     Model,
-    SqliteDatabase,
+    PostgresqlDatabase,
     TextField,
 )
 
@@ -26,8 +28,8 @@ from orch.states import FINISHED, JOB_STATUSES, JOB_TRANSITIONS, PAYLOAD_STATUSE
 
 log = logging.getLogger(__name__)
 
-server_db = SqliteDatabase(None)
-client_db = SqliteDatabase(None)
+server_db = DatabaseProxy()
+client_db = DatabaseProxy()
 
 
 def status_field(allowed: frozenset[Status]) -> CharField:
@@ -45,6 +47,7 @@ class Job(Model):
     dest_id = IntegerField(null=True)  # payload id on the service's client once submitted
     dest_instance = CharField(null=True)  # the instance id of that client, when it says it
     client = CharField(null=True)  # the address of the client it was sent to: followed there whatever the config
+    owner = CharField(null=True)  # the server process sending it (Processing) or terminating it (Locked)
     message = TextField(default="")
     created_at = FloatField()
     updated_at = FloatField()
@@ -141,6 +144,32 @@ class PayloadEvent(Model):
         table_name = "payload_events"
 
 
+class Server(Model):
+    """A server process sharing the database: it says it is alive every few seconds (see orch.peers)."""
+
+    id = CharField(primary_key=True)
+    host = CharField()
+    pid = IntegerField()
+    started_at = FloatField()
+    seen_at = FloatField()
+
+    class Meta:
+        database = server_db
+        table_name = "servers"
+
+
+class Lease(Model):
+    """A task that one server process at a time does (following a client): who holds it, and until when."""
+
+    name = CharField(primary_key=True)
+    holder = CharField()
+    expires_at = FloatField()
+
+    class Meta:
+        database = server_db
+        table_name = "leases"
+
+
 class Fact(Model):
     """A fact about a database itself: its schema version, the identity it shares with its data folder."""
 
@@ -181,6 +210,23 @@ MACHINES = {
 # columns: building a query costs peewee ten times what SQLite takes to run it.
 
 
+def backend(db: Database) -> Database:
+    """The database behind a proxy (or the database itself)."""
+    return db.obj if isinstance(db, DatabaseProxy) else db
+
+
+def is_postgres(db: Database) -> bool:
+    return isinstance(backend(db), PostgresqlDatabase)
+
+
+def serialize(db: Database, name: str) -> None:
+    """Within a transaction: wait until no other transaction holds `name`, and hold it to the end, so that work
+    on it runs one at a time across server processes sharing a PostgreSQL database (an advisory lock). SQLite
+    has one writer at a time already: nothing to do."""
+    if is_postgres(db):
+        run(db, "SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+
+
 def run(db: Database, sql: str, params: tuple | list = ()):
     """Run plain SQL written with `?` placeholders; return the cursor."""
     return db.execute_sql(_placeholders(db.param, sql), params)
@@ -200,7 +246,8 @@ def _select_sql(model: type[Model]) -> str:
 @functools.cache
 def _insert_sql(model: type[Model], columns: tuple[str, ...]) -> str:
     names = ", ".join(f'"{model._meta.fields[name].column_name}"' for name in columns)
-    return f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({", ".join("?" * len(columns))})'
+    values = ", ".join("?" * len(columns))
+    return f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({values}) RETURNING "id"'
 
 
 @functools.cache
@@ -240,7 +287,7 @@ def _insert(model: type[Model], values: dict) -> int:
     values.pop("id", None)
     columns = tuple(values)
     params = [model._meta.fields[name].db_value(values[name]) for name in columns]
-    return run(model._meta.database, _insert_sql(model, columns), params).lastrowid
+    return run(model._meta.database, _insert_sql(model, columns), params).fetchone()[0]
 
 
 def create(model: type[Model], status: Status, now: float, reason: str = "", **values) -> Model:

@@ -12,7 +12,7 @@ from peewee import Model
 from tornado.httpclient import AsyncHTTPClient
 from tornado.process import Subprocess
 
-from orch import database, jobs, ownership, payloads, processes
+from orch import database, jobs, ownership, payloads, peers, processes
 from orch.config import Config
 from orch.context import Context
 from orch.models import ClientFact, ServerFact
@@ -26,12 +26,13 @@ def open_node(config: Config) -> Context:
 
     Call it with the IOLoop running (a client installs its SIGCHLD handling on it) and the port already
     bound, so that a start that fails changes nothing. Raises ValueError with one line naming the setting."""
-    owner = ownership.claim(config.db_path, config.data_path)
+    owner = ownership.claim(None if config.db_url else config.db_path, config.data_path, config.shares_data)
     try:
         http = AsyncHTTPClient(force_instance=True, max_clients=100, max_body_size=MAX_RESPONSE_BODY)
         ctx = Context(config, http=http, owner=owner)
         if config.mode == "server":
             _open(config, database.open_server_db, ServerFact, jobs, "job")
+            peers.register(ctx, ctx.clock())
             jobs.recover(ctx)
         else:
             _open(config, database.open_client_db, ClientFact, payloads, "payload")
@@ -46,16 +47,19 @@ def open_node(config: Config) -> Context:
     return ctx
 
 
-def _open(config: Config, opener: Callable[[Path], None], facts: type[Model], domain: ModuleType, kind: str) -> None:
+def _open(
+    config: Config, opener: Callable[[Path | str], None], facts: type[Model], domain: ModuleType, kind: str
+) -> None:
     """Open the database with `opener` and pair it with the data folder (see `orch.ownership.check`); `domain`
-    (`orch.jobs` or `orch.payloads`) tells what of theirs they hold. A database that does not exist yet is not
-    created for a data folder that belongs to another one."""
+    (`orch.jobs` or `orch.payloads`) tells what of theirs they hold. A database file that does not exist yet is
+    not created for a data folder that belongs to another one."""
     has_files = domain.has_folders(config.data_path)
-    if not config.db_path.exists():
-        ownership.check(None, False, has_files, config.db_path, config.data_path, kind)
-    opener(config.db_path)
+    name = database.label(config.database)
+    if not config.db_url and not config.db_path.exists():
+        ownership.check(None, False, has_files, name, config.data_path, kind)
+    opener(config.database)
     stored = database.fact(facts, database.IDENTITY)
-    identity = ownership.check(stored, domain.kept(), has_files, config.db_path, config.data_path, kind)
+    identity = ownership.check(stored, domain.kept(), has_files, name, config.data_path, kind)
     if identity is not None:
         database.set_fact(facts, database.IDENTITY, identity)
         ownership.mark(config.data_path, identity)

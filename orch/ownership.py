@@ -57,17 +57,19 @@ class Ownership:
         self._fds.clear()
 
 
-def claim(db_path: Path, data_path: Path) -> Ownership:
-    """Lock the database at `db_path` and the data folder `data_path` (created if missing) for this process.
+def claim(db_path: Path | None, data_path: Path, shared: bool = False) -> Ownership:
+    """Lock the database file at `db_path` (None: a database server, nothing to lock) and the data folder
+    `data_path` (created if missing) for this process; a `shared` data folder (server processes on one
+    PostgreSQL database, which register there instead: see orch.peers) is not locked.
 
     A missing folder for the database is an error, not something to create: it is most often a typo. Raises
     ValueError with one line naming the setting."""
-    if not db_path.parent.is_dir():
+    if db_path is not None and not db_path.parent.is_dir():
         raise ValueError(
             f"DB_PATH is {str(db_path)!r}, but the folder {str(db_path.parent)!r} does not exist "
             f"(create it, or fix DB_PATH)"
         )
-    if db_path.is_dir():
+    if db_path is not None and db_path.is_dir():
         raise ValueError(f"DB_PATH is {str(db_path)!r}, which is a folder, not a database file")
     try:
         data_path.mkdir(parents=True, exist_ok=True)
@@ -75,26 +77,29 @@ def claim(db_path: Path, data_path: Path) -> Ownership:
         raise ValueError(f"DATA_PATH is {str(data_path)!r}, which cannot be used as a folder: {e.strerror}") from None
     ownership = Ownership()
     try:
-        ownership.lock(db_path.with_name(db_path.name + LOCK), f"DB_PATH {str(db_path)!r}")
-        ownership.lock(data_path / LOCK, f"DATA_PATH {str(data_path)!r}")
+        if db_path is not None:
+            ownership.lock(db_path.with_name(db_path.name + LOCK), f"DB_PATH {str(db_path)!r}")
+        if not shared:
+            ownership.lock(data_path / LOCK, f"DATA_PATH {str(data_path)!r}")
     except ValueError:
         ownership.release()
         raise
     return ownership
 
 
-def check(stored: str | None, has_rows: bool, has_files: bool, db_path: Path, data_path: Path, kind: str) -> str | None:
+def check(stored: str | None, has_rows: bool, has_files: bool, database: str, data_path: Path, kind: str) -> str | None:
     """Check that the data folder belongs to the database; return the identity to pair them with (to be
     written by `mark` and stored in the database), or None when they are paired already.
 
-    `stored` is the identity the database holds (None if it never was paired), `has_rows` whether it holds any
+    `database` names the database (see `orch.database.label`), `stored` is the identity it holds (None if it never
+    was paired), `has_rows` whether it holds any
     job (or payload: `kind`) whose files are kept, `has_files` whether the data folder holds folders named as
     this database names them. Raises ValueError, with what to do, when they disagree.
     """
     marker = data_path / IDENTITY
     found = marker.read_text().strip() if marker.is_file() else None
-    where = f"DB_PATH {str(db_path)!r} and DATA_PATH {str(data_path)!r}"
-    advice = "point DB_PATH at the database of this data folder, or move the folder away"
+    where = f"{database} and DATA_PATH {str(data_path)!r}"
+    advice = "point DB_PATH (or DB_URL) at the database of this data folder, or move the folder away"
     if stored is not None and found == stored:
         return None
     if found is not None:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from orch import jobs
+from orch import jobs, peers
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import ClientError
@@ -140,13 +140,18 @@ def answered(ctx: Context, client: ClientConfig) -> None:
 
 
 def poll_due(ctx: Context, now: float) -> int:
-    """Start a poll of every Submitted or Running job that is not being polled already, whose client may be
-    called and is not followed live (unless a sweep of its jobs is due); return how many started."""
+    """Start a poll of every Submitted or Running job that is not being polled already, whose client this
+    process follows (see `_responsible`), may be called, and is not followed live (unless a sweep of its jobs
+    is due); return how many started."""
     tracking = _state(ctx)
     swept = {client for client, last in tracking.live.items() if now - last >= SWEEP}
+    dispatched = jobs.dispatched()
+    mine = {address for address in {address for _, address in dispatched} if _responsible(ctx, address, now)}
     started = 0
-    for job_id, address in jobs.dispatched():
-        if (address in tracking.live and address not in swept) or ("poll", job_id) in ctx.inflight:
+    for job_id, address in dispatched:
+        if address not in mine or (address in tracking.live and address not in swept):
+            continue
+        if ("poll", job_id) in ctx.inflight:
             continue
         if tracking.health.ready(address or "", now):
             ctx.inflight.start(("poll", job_id), lambda job_id=job_id: _poll(ctx, job_id, now))
@@ -253,18 +258,31 @@ def send_ended(ctx: Context, job_id: int, payload_status: str | None) -> None:
 # ---- Event streams
 
 
-def follow_clients(ctx: Context) -> int:
-    """Follow the event stream of every configured client that is not followed yet (and has one); return how
-    many started."""
+def follow_clients(ctx: Context, now: float) -> int:
+    """Follow the event stream of each client this process is responsible for (configured ones, and those that
+    dispatched jobs were sent to: see `_responsible`), unless it has none; stop following those another
+    process took over. Return how many clients this process follows."""
     tracking = _state(ctx)
-    started = 0
-    for client in {service.client.address: service.client for service in ctx.config.services.values()}.values():
-        if client.address not in tracking.follows and client.address not in tracking.streamless:
-            task = asyncio.ensure_future(follow(ctx, client))
-            tracking.follows[client.address] = task
-            task.add_done_callback(lambda _, address=client.address: tracking.follows.pop(address, None))
-            started += 1
-    return started
+    clients = {service.client.address: service.client for service in ctx.config.services.values()}
+    for _, address in jobs.dispatched():
+        if address is not None and address not in clients:
+            clients[address] = ClientConfig.at(address)
+    mine = {address for address in clients if _responsible(ctx, address, now)}
+    for address, task in list(tracking.follows.items()):
+        if address not in mine:
+            task.cancel()
+    for address in mine - tracking.follows.keys() - tracking.streamless:
+        task = asyncio.ensure_future(follow(ctx, clients[address]))
+        tracking.follows[address] = task
+        task.add_done_callback(lambda _, address=address: tracking.follows.pop(address, None))
+    return len(mine)
+
+
+def _responsible(ctx: Context, address: str | None, now: float) -> bool:
+    """Whether this process follows the client at `address` (its stream, the polls of its jobs): it holds the
+    client's lease, taken or renewed here. Server processes sharing a database thus follow each client once.
+    (A job sent by a version that did not record its client has no address: any process polls it.)"""
+    return address is None or peers.hold(ctx, f"client {address}", now)
 
 
 def unfollow_all(ctx: Context) -> None:

@@ -50,12 +50,12 @@ class Destination:
 class ClientAPI:
     """Calls the clients of the configured services through one shared HTTP client."""
 
-    def __init__(self, http: AsyncHTTPClient, config: Config):
+    def __init__(self, http: AsyncHTTPClient, config: Config, tmp_path: Path):
         self.http = http
         self.connect_timeout = config.http_connect_timeout
         self.request_timeout = config.http_timeout
         self.auth = {"Authorization": f"Bearer {config.orch_token}"} if config.orch_token else {}
-        self.tmp_path = config.tmp_path
+        self.tmp_path = tmp_path
 
     async def submit(
         self, client: ClientConfig, files: list[Path], job_key: str, timeout: int | None

@@ -11,10 +11,11 @@ from datetime import timedelta
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from orch import tracking
+from orch import peers, tracking
 from orch.context import Context
 from tasks.cleaner import clean_jobs, clean_payloads
 from tasks.getter import poll_dispatched
+from tasks.heartbeat import heartbeat
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
 from tasks.watcher import follow_clients
@@ -22,7 +23,8 @@ from tasks.watcher import follow_clients
 log = logging.getLogger(__name__)
 
 Tick = Callable[[Context, float], Awaitable[int]]
-WATCHER_INTERVAL = 1.0  # seconds between two looks for clients whose event stream is not followed
+WATCHER_INTERVAL = 1.0  # seconds between two looks at which clients this process follows
+HEARTBEAT_INTERVAL = peers.LEASE / 3  # a process stays alive in its peers' eyes through two missed beats
 
 
 class Beat:
@@ -77,6 +79,7 @@ def start_tasks(ctx: Context) -> list[Beat]:
             Beat(ctx, "sender", send_queued, config.sender_interval),
             Beat(ctx, "getter", poll_dispatched, config.getter_interval),
             Beat(ctx, "watcher", follow_clients, WATCHER_INTERVAL, on_stop=tracking.unfollow_all),
+            Beat(ctx, "heartbeat", heartbeat, HEARTBEAT_INTERVAL),
             Beat(ctx, "cleaner", clean_jobs, config.cleaner_interval),
         ]
     else:

@@ -6,5 +6,5 @@ from orch.context import Context
 
 
 async def follow_clients(ctx: Context, now: float) -> int:
-    """Start following each client not followed yet; return how many."""
-    return tracking.follow_clients(ctx)
+    """Follow the clients this process is responsible for; return how many."""
+    return tracking.follow_clients(ctx, now)

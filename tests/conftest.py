@@ -22,7 +22,7 @@ from tornado.process import Subprocess
 from tornado.testing import bind_unused_port
 
 from handlers import make_app
-from orch import ownership, payloads, processes
+from orch import database, ownership, payloads, peers, processes, tracking
 from orch.config import Config, load
 from orch.context import Context
 from orch.models import Job, Payload, client_db, server_db
@@ -76,17 +76,38 @@ class Node:
         for beat in self.beats:
             beat.stop()
         self.http_server.stop()
+        if self.config.mode == "server":
+            tracking.unfollow_all(self.ctx)
+            peers.unregister(self.ctx)
         self.ctx.owner.release()
 
 
+def pytest_generate_tests(metafunc):
+    """Tests of modules marked `both_databases` run once on SQLite and once on PostgreSQL: their server's
+    database (`server_database`) is a SQLite file, then a fresh database on the suite's PostgreSQL."""
+    if "server_database" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("server_database", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def nodes(io_loop, tmp_path):
-    """Start server or client nodes; everything they started is stopped (and any run.sh killed) after the test."""
+def server_database(request, tmp_path) -> Path | str:
+    """Where a test's server keeps its jobs: a SQLite file (the default), or a PostgreSQL URL."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "server.sqlite"
+
+
+@pytest.fixture
+def nodes(io_loop, tmp_path, server_database):
+    """Start server or client nodes; everything they started is stopped (and any run.sh killed) after the test.
+    Servers keep their jobs in `server_database`."""
     started: list[Node] = []
 
     def start(mode: str, tasks: bool = False, **settings) -> Node:
+        database = {"DB_URL": server_database} if isinstance(server_database, str) and mode == "server" else {}
         env = {
             "DB_PATH": str(tmp_path / f"{mode}.sqlite"),
+            **database,
             "DATA_PATH": str(tmp_path / mode),
             "HOST": "127.0.0.1",
             "KILL_GRACE": "1",
@@ -110,7 +131,7 @@ def nodes(io_loop, tmp_path):
     async def teardown() -> None:
         for node in started:
             node.stop()
-            if node.config.mode == "client" and not client_db.is_closed():
+            if node.config.mode == "client" and client_db.obj is not None and not client_db.is_closed():
                 for payload in Payload.select().where(Payload.status == Status.RUNNING.value):
                     await processes.kill_tree(payloads.run_of(node.ctx, payload), 0)
                 payloads.stop_leftovers(node.ctx)  # and any other process of its runs, whatever its state
@@ -120,8 +141,7 @@ def nodes(io_loop, tmp_path):
 
     io_loop.run_sync(teardown)
     for db in (server_db, client_db):
-        if not db.deferred:
-            db.close()
+        database.close(db)
 
 
 def pytest_sessionstart(session):

@@ -4,6 +4,7 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 import pytest
 
 from bench import bigfiles, harness, latency, queue_scale, running, soak, throughput, uploads
+from orch.database import close
 from orch.models import server_db
 
 pytestmark = pytest.mark.slow
@@ -14,8 +15,7 @@ def scratch(tmp_path, monkeypatch):
     monkeypatch.setattr(harness, "SCRATCH", tmp_path)
     yield
     assert list(tmp_path.iterdir()) == []  # every benchmark removes what it made
-    if not server_db.is_closed():
-        server_db.close()
+    close(server_db)
 
 
 async def test_latency(capsys):

@@ -5,12 +5,16 @@ import time
 import uuid
 from itertools import pairwise
 
+import pytest
+
 from orch import jobs, payloads
 from orch.models import Job, Payload, transition
 from orch.states import FINISHED, Status
 from tasks.cleaner import clean_jobs, clean_payloads
 from tasks.runner import start_prepared
 from tests.conftest import Node, multipart, payload_status, script, services, upload, wait_for
+
+pytestmark = pytest.mark.both_databases
 
 S = Status
 # How each job is moved, through the state machine, to the status the test needs.
@@ -139,7 +143,7 @@ async def test_server_recovery_quarantines_stray_job_folders_and_unsticks_jobs(n
     assert kept.name.endswith(stray.name) and (kept / "input" / "run.sh").read_text() == "exit 0\n"
     assert (data / "db.sqlite").read_text() == "an operator's file"
     assert (data / "archive" / "notes.txt").is_file()
-    assert not (data / ".tmp").exists()
+    assert not (data / ".tmp" / "leftover.zip").exists()
     for job in (queued, processing, locked, retired):
         assert jobs.folder(second.ctx, job).is_dir()
 

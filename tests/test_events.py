@@ -17,6 +17,8 @@ from orch.tracking import Tracking, follow
 from tasks.runner import start_prepared
 from tests.conftest import job_status, multipart, payload_status, script, services, upload, wait_for
 
+pytestmark = pytest.mark.both_databases
+
 
 async def submit(client, body: bytes = b"echo done > out.txt\n", job_key: str = "key-1") -> int:
     data, content_type = multipart({"job_key": job_key}, {"run.sh": body})

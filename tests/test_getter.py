@@ -14,6 +14,8 @@ from tasks.runner import start_prepared
 from tasks.sender import send_queued
 from tests.conftest import Node, job_status, payload_status, script, services, upload, wait_for
 
+pytestmark = pytest.mark.both_databases
+
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.01; done\n"  # a run that lasts until the test creates `go`
 
 

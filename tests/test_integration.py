@@ -5,10 +5,13 @@ import zipfile
 from pathlib import Path
 
 import psutil
+import pytest
 
 from orch.models import Job, Payload
 from orch.states import ACTIVE
 from tests.conftest import job_status, script, services, upload, wait_for
+
+pytestmark = pytest.mark.both_databases
 
 
 def gated(ledger: Path, gate: Path, user: int) -> dict[str, bytes]:

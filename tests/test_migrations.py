@@ -6,10 +6,24 @@ import uuid
 from pathlib import Path
 
 import pytest
+from playhouse.migrate import SchemaMigrator, migrate
 
 from orch import migrations
-from orch.database import client_instance, open_client_db, open_server_db
-from orch.models import ClientFact, Job, JobEvent, Payload, PayloadEvent, ServerFact, client_db, server_db, transition
+from orch.database import client_instance, close, open_client_db, open_server_db
+from orch.models import (
+    ClientFact,
+    Job,
+    JobEvent,
+    Lease,
+    Payload,
+    PayloadEvent,
+    Server,
+    ServerFact,
+    backend,
+    client_db,
+    server_db,
+    transition,
+)
 from orch.states import FINISHED, JOB_STATUSES, Status
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -37,8 +51,7 @@ def columns(db: sqlite3.Connection) -> dict[str, list[tuple]]:
 def closed():
     yield
     for db in (server_db, client_db):
-        if not db.deferred:
-            db.close()
+        close(db)
 
 
 def test_a_version_1_server_database_is_upgraded_with_every_job_kept(tmp_path, closed):
@@ -123,3 +136,47 @@ def test_a_step_that_fails_half_way_leaves_the_database_as_it_was(tmp_path, clos
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
         assert "meta" not in [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
+
+
+def test_a_server_and_a_client_cannot_share_a_database(tmp_path, closed):
+    path = tmp_path / "shared.sqlite"
+    open_server_db(path)
+    close(server_db)
+    with pytest.raises(ValueError, match="holds the jobs of the other mode"):
+        open_client_db(path)
+
+
+@pytest.mark.both_databases
+def test_each_step_applies_on_both_databases_keeping_the_jobs(server_database, closed):
+    """A database of version 2 (made here by undoing the last steps) gets them applied."""
+    open_server_db(server_database)
+    job = Job.create(
+        user_id=1,
+        service="example",
+        status="Running",
+        folder=uuid.uuid4().hex,
+        message="",
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    migrator = SchemaMigrator.from_database(backend(server_db))
+    migrate(migrator.drop_index("jobs", "job_status_id"), migrator.drop_column("jobs", "owner"))
+    server_db.drop_tables([Server, Lease])
+    ServerFact.update(value="2").where(ServerFact.key == migrations.VERSION).execute()
+    close(server_db)
+
+    open_server_db(server_database)
+
+    assert migrations.version(ServerFact) == migrations.latest(ServerFact) == 4
+    assert Job.get_by_id(job.id).status == "Running" and Job.get_by_id(job.id).owner is None
+    assert "job_status_id" in {index.name for index in server_db.get_indexes("jobs")}
+    assert Server.select().count() == 0 and Lease.select().count() == 0
+
+
+@pytest.mark.both_databases
+def test_a_newer_database_is_refused_on_both(server_database, closed):
+    open_server_db(server_database)
+    ServerFact.update(value="99").where(ServerFact.key == migrations.VERSION).execute()
+    close(server_db)
+    with pytest.raises(ValueError, match="schema version 99, newer than this program's"):
+        open_server_db(server_database)

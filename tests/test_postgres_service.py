@@ -12,7 +12,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.services.postgres import PostgresError, PostgresServer
+from bench.postgres import PostgresError, PostgresServer
 
 
 class Note(peewee.Model):

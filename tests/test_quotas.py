@@ -19,6 +19,8 @@ from orch.states import ACTIVE, FINISHED, JOB_TRANSITIONS, Status
 from tasks.sender import send_queued
 from tests.conftest import job_status, script, services, upload
 
+pytestmark = pytest.mark.both_databases
+
 S = Status
 NOW = 1_700_000_000.0
 
@@ -329,7 +331,7 @@ async def test_the_sender_carries_the_turn_over_from_round_to_round_and_across_a
     await round_(two)
     assert Cursor.get_by_id("example").user_id == 2
     server_db.close()
-    open_server_db(server.config.db_path)  # the cursor is in the database: a restart keeps the turn
+    open_server_db(server.config.database)  # the cursor is in the database: a restart keeps the turn
     await round_(ones[1])
     await round_(ones[2])
     assert await send_queued(server.ctx, now + 1) == 0

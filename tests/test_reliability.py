@@ -28,6 +28,8 @@ from tests.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.both_databases
+
 DONE = {status.value for status in FINISHED}
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.01; done\n"  # a run that lasts until the test creates `go`
 # Payload folders are DATA_PATH/<id> with DATA_PATH = tmp_path/client: `../../ledger` is tmp_path/ledger,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import psutil
 
+from bench.postgres import cluster_processes
 from orch import payloads
 from orch.models import Payload, transition
 from orch.states import FINISHED, Status
 from tasks.runner import start_prepared
 from tests.conftest import Node, multipart, payload_status, script, wait_for
-from tests.services.postgres import cluster_processes
 
 DONE = {status.value for status in FINISHED}
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.01; done\n"  # a run that lasts until the test creates `go`

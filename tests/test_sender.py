@@ -13,6 +13,8 @@ from orch.models import Job, Payload
 from tasks.sender import send_queued
 from tests.conftest import data_files, job_status, script, services, upload
 
+pytestmark = pytest.mark.both_databases
+
 FILES = {**script("echo hello > out.txt\n"), "data.txt": b"some input"}
 
 

@@ -8,12 +8,13 @@ import logging
 import re
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.testing import bind_unused_port
 
-from orch import jobs
+from orch import database, jobs
 from orch.models import Job, JobEvent, Payload, server_db, transition
 from orch.states import Status
 from tasks.sender import send_queued
@@ -28,6 +29,8 @@ from tests.conftest import (
     upload,
     wait_for,
 )
+
+pytestmark = pytest.mark.both_databases
 
 RUN_SH = script("echo hello > out.txt\n")
 ERROR_KEYS = {"id", "status", "message"}
@@ -471,17 +474,20 @@ async def test_health_is_ok_while_the_database_answers(server):
 
 
 async def test_health_is_503_json_when_the_database_cannot_be_opened(server, tmp_path, caplog):
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    server_db.close()
-    server_db.init(str(gone / "server.sqlite"))
-    gone.rmdir()
+    closed, port = bind_unused_port()  # nothing accepts there
+    closed.close()
+    database.close(server_db)
+    if isinstance(server.config.database, Path):
+        server_db.initialize(database.connect(tmp_path / "gone" / "server.sqlite"))
+    else:
+        server_db.initialize(database.connect(f"postgresql://nobody@127.0.0.1:{port}/gone"))
     response = await server.fetch("/health")
     assert response.code == 503
     assert response.headers["Content-Type"] == "application/json"
     body = json.loads(response.body)
     assert body["status"] != "ok" and body["database"] != "ok"
     accept_error_logs(caplog, "503 GET /health")
+    server_db.initialize(database.connect(server.config.database))  # back, for the node to stop as usual
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,15 @@
 would refuse, so even a change made behind its back cannot break the machine.
 """
 
-import sqlite3
 import uuid
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peewee import IntegrityError, SqliteDatabase
+from peewee import Database, IntegrityError, SqliteDatabase
 
-from orch import migrations
+from orch import database, migrations
 from orch.database import open_client_db, open_server_db
 from orch.errors import Conflict, InvalidTransition
 from orch.models import (
@@ -27,6 +26,7 @@ from orch.models import (
     ServerFact,
     client_db,
     create,
+    is_postgres,
     server_db,
     transition,
 )
@@ -49,10 +49,13 @@ def job_fields() -> dict:
     return {"user_id": 1, "service": "example", "folder": uuid.uuid4().hex}
 
 
+pytestmark = pytest.mark.both_databases
+
+
 @pytest.fixture
-def server(tmp_path) -> Iterator[SqliteDatabase]:
-    """The server's database in a real file, closed after the test."""
-    open_server_db(tmp_path / "s.sqlite")
+def server(server_database) -> Iterator[Database]:
+    """The server's database (a real file, or a fresh PostgreSQL database), closed after the test."""
+    open_server_db(server_database)
     yield server_db
     server_db.close()
 
@@ -284,20 +287,19 @@ def test_the_database_refuses_an_illegal_change_made_behind_transitions_back(ser
     assert Job.get_by_id(job.id).status == src.value
 
 
-def test_another_connection_to_the_file_cannot_bypass_the_guard(tmp_path, server):
-    """The trigger and the CHECK live in the file (not in one connection): a second process is refused too."""
+def test_another_connection_to_the_database_cannot_bypass_the_guard(server_database, server):
+    """The trigger and the CHECK live in the database (not in one connection): another process is refused too."""
     job = create(Job, S.COMPLETED, NOW, **job_fields())
-    other = sqlite3.connect(tmp_path / "s.sqlite")
+    other = database.connect(server_database)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="illegal status transition"):
-            other.execute("UPDATE jobs SET status = 'Running' WHERE id = ?", (job.id,))
-        with pytest.raises(sqlite3.IntegrityError):
-            other.execute(
+        with pytest.raises(IntegrityError, match="illegal status transition"):
+            other.execute_sql(f"UPDATE jobs SET status = 'Running' WHERE id = {job.id}")
+        with pytest.raises(IntegrityError):
+            other.execute_sql(
                 "INSERT INTO jobs (user_id, service, status, folder, message, created_at, updated_at) "
                 "VALUES (1, 'example', 'Bogus', 'f', '', 0, 0)"
             )
-        other.execute("UPDATE jobs SET status = 'Cleaned' WHERE id = ?", (job.id,))
-        other.commit()
+        other.execute_sql(f"UPDATE jobs SET status = 'Cleaned' WHERE id = {job.id}")
     finally:
         other.close()
     assert Job.get_by_id(job.id).status == "Cleaned"
@@ -350,8 +352,8 @@ def test_the_transition_tables_equal_the_lists_after_opening(server, client):
     assert pairs(PayloadTransition) == as_values(PAYLOAD_TRANSITIONS)
 
 
-def test_a_tampered_transition_table_is_restored_on_reopening(tmp_path, server):
-    path = tmp_path / "s.sqlite"
+def test_a_tampered_transition_table_is_restored_on_reopening(server_database, server):
+    path = server_database
     JobTransition.insert(src="Completed", dst="Running").execute()
     JobTransition.delete().where(JobTransition.src == "Queued", JobTransition.dst == "Processing").execute()
     job = create(Job, S.COMPLETED, NOW, **job_fields())
@@ -365,10 +367,10 @@ def test_a_tampered_transition_table_is_restored_on_reopening(tmp_path, server):
     assert Job.update(status="Processing").where(Job.id == queued.id).execute() == 1
 
 
-def test_a_dropped_guard_trigger_is_recreated_on_reopening(tmp_path, server):
-    server_db.execute_sql("DROP TRIGGER jobs_status_guard")
+def test_a_dropped_guard_trigger_is_recreated_on_reopening(server_database, server):
+    server_db.execute_sql("DROP TRIGGER jobs_status_guard" + (" ON jobs" if is_postgres(server_db) else ""))
     server_db.close()
-    open_server_db(tmp_path / "s.sqlite")
+    open_server_db(server_database)
     job = create(Job, S.COMPLETED, NOW, **job_fields())
     with pytest.raises(IntegrityError):
         Job.update(status="Running").where(Job.id == job.id).execute()
@@ -377,8 +379,8 @@ def test_a_dropped_guard_trigger_is_recreated_on_reopening(tmp_path, server):
 # ---- Opening the databases
 
 
-def test_reopening_the_same_file_keeps_the_data(tmp_path, server):
-    path = tmp_path / "s.sqlite"
+def test_reopening_the_same_database_keeps_the_data(server_database, server):
+    path = server_database
     job_id = job_in(S.SUBMITTED)
     history = events(job_id)
     server_db.close()

@@ -36,7 +36,7 @@ def test_server_killed_at_random_moments(cluster):
         nodes,
         statuses,
         server_kills=kills,
-        sends_cut_and_repeated=_events(nodes, "the server restarted while sending it"),
+        sends_cut_and_repeated=_events(nodes, "the server stopped while sending it"),
     )
     assert (finished, lost, twice) == (JOBS, 0, 0)
     assert set(nodes.ran()) == set(tags)
@@ -108,7 +108,7 @@ def test_server_killed_after_the_client_accepted_a_job_and_before_it_recorded_th
         "server killed between the client's accept and its own record",
         nodes,
         statuses,
-        sends_repeated=_events(nodes, "the server restarted while sending it"),
+        sends_repeated=_events(nodes, "the server stopped while sending it"),
     ) == (1, 0, 0)
     assert _payloads(client_db) == 1
 

@@ -1,4 +1,4 @@
-"""A real one-node Slurm cluster on this machine: slurmctld and slurmd (and munged, if none runs) for the tests.
+"""A real one-node Slurm cluster on this machine: munged, slurmctld and slurmd for the tests.
 
 The session fixture `slurm_cluster` starts it the first time a test asks for it and stops it at the end of the
 session; `slurm` is the same cluster for one test, with any job the test left cancelled after it. Where Slurm
@@ -6,9 +6,10 @@ is not installed (tests/system/install.sh installs it) or does not start, the te
 with the reason.
 
 The daemons run as the current user (root in CI) with a generated slurm.conf, on free ports, with every state,
-spool, log and pid file in a temporary folder that is removed afterwards. Stopping cancels every job, waits
-until no slurmstepd is left, then stops each daemon by its pid (SIGTERM, then SIGKILL), so that nothing
-outlives the session (the root conftest checks). A munged that was already running is used and left running.
+spool, log and pid file in a temporary folder that is removed afterwards; munged runs as user munge on a socket
+of its own in that folder, so that two test sessions at once never share (or stop) each other's. Stopping
+cancels every job, waits until no slurmstepd is left, then stops each daemon by its pid (SIGTERM, then SIGKILL),
+so that nothing outlives the session (the root conftest checks).
 """
 
 import os
@@ -32,7 +33,6 @@ CPUS = 64  # more than the machine has (slurmd accepts it with config_overrides)
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 POLL = 0.05
-MUNGE_RUN = Path("/run/munge")
 TIMINGS: list[str] = []
 
 # MinJobAge: an ended job stays visible to squeue/scontrol for 2 s (then slurmctld forgets it at its next purge,
@@ -47,6 +47,7 @@ CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser={user}
 SlurmdUser={user}
 AuthType=auth/munge
+AuthInfo=socket={folder}/munge/munge.socket
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool
 SlurmctldPidFile={folder}/slurmctld.pid
@@ -133,7 +134,7 @@ class SlurmCluster:
         self.folder: Path | None = None
         self.env: dict[str, str] = {}
         self.daemons: list[subprocess.Popen] = []
-        self.munged: subprocess.Popen | None = None  # only when this cluster started it
+        self.munged: subprocess.Popen | None = None
 
     def run(self, *args: str, check: bool = True, timeout: float = 30.0) -> str:
         """Run a Slurm command (`run("squeue", "-h")`) against this cluster; its stdout."""
@@ -170,8 +171,7 @@ class SlurmCluster:
             raise Unavailable(f"not installed: {', '.join(missing)} (tests/system/install.sh installs them)")
         started = time.monotonic()
         self.folder = Path(tempfile.mkdtemp(prefix="slurm-tests-"))
-        if not self.munge_answers():
-            self.start_munged()
+        self.start_munged()
         for name in ("state", "spool"):
             (self.folder / name).mkdir()
         conf = self.folder / "slurm.conf"
@@ -226,27 +226,31 @@ class SlurmCluster:
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
             )
 
-    @staticmethod
-    def munge_answers() -> bool:
+    def munge_answers(self) -> bool:
         try:
+            command = ["munge", f"--socket={self.folder}/munge/munge.socket", "-n"]
             return (
-                subprocess.run(
-                    ["munge", "-n"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10
-                ).returncode
+                subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10).returncode
                 == 0
             )
         except (OSError, subprocess.TimeoutExpired):
             return False
 
     def start_munged(self) -> None:
-        """Start munged as user munge on its default socket, as its init script would (none runs here);
-        --force gets past the socket a killed munged left behind."""
+        """Start munged as user munge, as its init script would (none runs here), with its socket, pid, seed and
+        log files in this cluster's folder (which munge must be able to traverse: 0711)."""
+        folder = self.folder / "munge"
         try:
             munge = pwd.getpwnam("munge")
-            MUNGE_RUN.mkdir(mode=0o755, exist_ok=True)
-            os.chown(MUNGE_RUN, munge.pw_uid, munge.pw_gid)
+            self.folder.chmod(0o711)
+            folder.mkdir(mode=0o711)
+            os.chown(folder, munge.pw_uid, munge.pw_gid)
+            files = [
+                f"--{name}={folder}/munged.{suffix}"
+                for name, suffix in (("pid-file", "pid"), ("log-file", "log"), ("seed-file", "seed"))
+            ]
             self.munged = self.spawn(
-                ["munged", "--foreground", "--force"],
+                ["munged", "--foreground", f"--socket={folder}/munge.socket", *files],
                 "munged",
                 user=munge.pw_uid,
                 group=munge.pw_gid,
