@@ -116,11 +116,7 @@ class ClientAPI:
         some), and the point to ask from next time. ClientError 404 from clients that have no event stream."""
         query = f"?wait={wait:g}" + ("" if after is None else f"&after={after}")
         url = f"{client.events_url}{query}"
-        # A follow is cancelled when the server stops: the long-poll itself is left to end with its connection,
-        # quietly (a fetch cancelled in flight makes Tornado log an error when its connection then closes).
-        fetch = asyncio.ensure_future(self._fetch(url, request_timeout=wait + self.request_timeout))
-        fetch.add_done_callback(_outcome_seen)
-        response = await asyncio.shield(fetch)
+        response = await self._fetch(url, request_timeout=wait + self.request_timeout)
         answer = _answer(url, response.code, response.body)
         if not isinstance(answer.get("last"), int) or not isinstance(answer.get("events"), list):
             raise ClientError(f"{url} answered without last and events", 502)
@@ -160,17 +156,22 @@ class ClientAPI:
         kwargs.setdefault("connect_timeout", self.connect_timeout)
         request = HTTPRequest(url, headers={**(headers or {}), **self.auth}, **kwargs)
         try:
-            return await self.http.fetch(request, raise_error=False)
+            # Tornado cannot cancel a fetch: one whose caller is cancelled (a follow of the event stream when the
+            # server stops) logs an error when its connection ends later. Shielded, the caller goes, and the
+            # fetch ends quietly with its connection.
+            fetch = self.http.fetch(request, raise_error=False)
+            fetch.add_done_callback(_outcome_seen)
+            return await asyncio.shield(fetch)
         except HTTPClientError as e:  # timed out, or the connection closed half-way
             raise ClientError(f"{url}: {e}", e.code) from None
         except OSError as e:
             raise ClientError(f"{url} could not be reached: {e}", 599) from None
 
 
-def _outcome_seen(task: asyncio.Future) -> None:
-    """Mark the outcome of a task nobody may await any more as seen (asyncio would log it otherwise)."""
-    if not task.cancelled():
-        task.exception()
+def _outcome_seen(fetch: asyncio.Future) -> None:
+    """Mark how a fetch ended as seen, in case its caller has gone (asyncio would log its error otherwise)."""
+    if not fetch.cancelled():
+        fetch.exception()
 
 
 def _expect(dest: Destination) -> dict[str, str]:
