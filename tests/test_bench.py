@@ -64,7 +64,7 @@ async def test_queue_scale(database, capsys):
 
 
 async def test_uploads(database, capsys):
-    result = await uploads.measure(seconds=0.3, floor_seconds=0.3, postgres=database)
+    result = await uploads.measure(seconds=0.3, floor_seconds=0.3, turns=1, postgres=database)
     assert result["rate"] > 0 and result["floor"] > 0
     if database is None:
         assert result["two_servers"] is None
