@@ -1,9 +1,15 @@
-"""`python -m bench` (or `make bench`): every benchmark, one after the other, each against its floor."""
+"""`python -m bench` (or `make bench`): every benchmark, one after the other, each against its floor.
 
+    python -m bench [--database sqlite|postgresql|both] [NAME...]
+
+The benchmarks of ON_BOTH run on the database chosen (both by default: SQLite, then PostgreSQL, on a throwaway
+cluster started for the run and stopped at its end, see bench/databases.py); the others run on SQLite."""
+
+import argparse
 import asyncio
-import sys
+from contextlib import ExitStack
 
-from bench import bigfiles, latency, queue_scale, running, throughput, uploads
+from bench import bigfiles, databases, latency, queue_scale, running, throughput, uploads
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -13,15 +19,34 @@ BENCHMARKS = {
     "uploads": uploads,
     "running": running,
 }
+ON_BOTH = {"queue", "uploads"}  # the benchmarks that run on PostgreSQL too
 
 
-async def main(names: list[str]) -> None:
-    for name in names or BENCHMARKS:
-        await BENCHMARKS[name].measure()
+async def main(names: list[str], chosen: list[str]) -> None:
+    with ExitStack() as stack:
+        postgres = None
+        if "postgresql" in chosen and ON_BOTH & set(names):
+            postgres = stack.enter_context(databases.cluster())
+        for name in names:
+            if name not in ON_BOTH:
+                await BENCHMARKS[name].measure()
+                continue
+            for database in chosen:
+                await BENCHMARKS[name].measure(postgres=postgres if database == "postgresql" else None)
 
 
 if __name__ == "__main__":
-    unknown = set(sys.argv[1:]) - set(BENCHMARKS)
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Runs the benchmarks, each against its floor.")
+    parser.add_argument(
+        "--database",
+        choices=[*databases.NAMES, "both"],
+        default="both",
+        help=f"the server's database in {', '.join(sorted(ON_BOTH))} (default: both, SQLite first)",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"among {', '.join(BENCHMARKS)} (default: all)")
+    args = parser.parse_args()
+    unknown = set(args.names) - set(BENCHMARKS)
     if unknown:
-        sys.exit(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose among {', '.join(BENCHMARKS)}")
-    asyncio.run(main(sys.argv[1:]))
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose among {', '.join(BENCHMARKS)}")
+    chosen = list(databases.NAMES) if args.database == "both" else [args.database]
+    asyncio.run(main(args.names or list(BENCHMARKS), chosen))

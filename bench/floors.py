@@ -7,6 +7,8 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
+
 from bench.harness import median, scratch
 from orch.storage import new_name
 
@@ -52,23 +54,30 @@ def disk_copy_rate(source: Path) -> float:
     return source.stat().st_size / min(durations)
 
 
-def store_uploads(script: str, seconds: float = 2.0) -> float:
-    """Uploads per second at the least: for each, a folder with its run.sh and a committed row (SQLite in
-    WAL mode, as the server keeps its queue), with no HTTP and no parsing."""
+def store_uploads(script: str, seconds: float = 2.0, db_url: str | None = None) -> float:
+    """Uploads per second at the least: for each, a folder with its run.sh and a committed row, with no HTTP and
+    no parsing. The row goes to SQLite in WAL mode, as the server keeps its queue, or to the empty PostgreSQL
+    database at `db_url`, over one connection as a server process has."""
     with scratch() as root:
-        db = sqlite3.connect(Path(root) / "floor.sqlite", isolation_level=None)
-        db.execute("PRAGMA journal_mode = wal")
-        db.execute("PRAGMA synchronous = normal")
-        db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, folder TEXT UNIQUE, status TEXT)")
-        done = 0
-        start = time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            folder = Path(root) / new_name()  # named as the server names job folders
-            folder.mkdir()
-            (folder / "run.sh").write_text(script)
-            with db:
-                db.execute("BEGIN")
-                db.execute("INSERT INTO jobs (folder, status) VALUES (?, 'Queued')", (folder.name,))
-            done += 1
-        db.close()
+        if db_url is None:
+            db = sqlite3.connect(Path(root) / "floor.sqlite", isolation_level=None)  # each statement committed
+            db.execute("PRAGMA journal_mode = wal")
+            db.execute("PRAGMA synchronous = normal")
+            db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, folder TEXT UNIQUE, status TEXT)")
+            insert = "INSERT INTO jobs (folder, status) VALUES (?, 'Queued')"
+        else:
+            db = psycopg.connect(db_url, autocommit=True)  # each statement committed
+            db.execute("CREATE TABLE jobs (id SERIAL PRIMARY KEY, folder TEXT UNIQUE, status TEXT)")
+            insert = "INSERT INTO jobs (folder, status) VALUES (%s, 'Queued')"
+        try:
+            done = 0
+            start = time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
+                folder = Path(root) / new_name()  # named as the server names job folders
+                folder.mkdir()
+                (folder / "run.sh").write_text(script)
+                db.execute(insert, (folder.name,))
+                done += 1
+        finally:
+            db.close()
         return done / elapsed

@@ -64,40 +64,61 @@ class Process:
         return times.user + times.system
 
     def stop(self) -> None:
+        """SIGTERM, and SIGKILL if it has not ended 30 s later."""
         self.popen.send_signal(signal.SIGTERM)
-        self.popen.wait(30)
+        try:
+            self.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
         self.log.close()
 
 
 class Orchestrator:
-    """A client and a server with service `bench` on it, in a scratch folder; used as a context manager."""
+    """A client and a server with service `bench` on it, in a scratch folder; used as a context manager.
+
+    With `servers` above 1 (on PostgreSQL: `DB_URL` in `server_env`), that many server processes share the
+    database and one data folder; `server` is the first."""
 
     def __init__(
         self,
         server_env: dict[str, str] | None = None,
         client_env: dict[str, str] | None = None,
         server_db: Path | None = None,
+        servers: int = 1,
     ):
+        assert servers == 1 or "DB_URL" in (server_env or {}), "server processes share only a PostgreSQL database"
         self._scratch = scratch()
         self.folder = Path(self._scratch.name)
         if server_db is not None:  # start the server on a copy of this database
             (self.folder / "server").mkdir()
             shutil.copy(server_db, self.folder / "server" / "server.sqlite")
+        self.servers: list[Process] = []
         self.client = Process("client", self.folder / "client", {"KILL_GRACE": "1", **(client_env or {})})
-        self.server = Process(
-            "server",
-            self.folder / "server",
-            {
-                "SERVICE_BENCH_UPLOAD_URL": f"{self.client.url}/submit",
-                "SERVICE_BENCH_DOWNLOAD_URL": f"{self.client.url}/retrieve",
-                **(server_env or {}),
-            },
-        )
+        try:
+            shared = {"DATA_PATH": str(self.folder / "data")} if servers > 1 else {}
+            for n in range(servers):
+                self.servers.append(
+                    Process(
+                        "server",
+                        self.folder / ("server" if servers == 1 else f"server{n}"),
+                        {
+                            "SERVICE_BENCH_UPLOAD_URL": f"{self.client.url}/submit",
+                            "SERVICE_BENCH_DOWNLOAD_URL": f"{self.client.url}/retrieve",
+                            **shared,
+                            **(server_env or {}),
+                        },
+                    )
+                )
+        except BaseException:
+            self._stop()
+            raise
+        self.server = self.servers[0]
         self.http = AsyncHTTPClient(force_instance=True, max_clients=64, max_body_size=2**40)
 
     async def __aenter__(self) -> "Orchestrator":
         try:
-            for process in (self.client, self.server):
+            for process in (self.client, *self.servers):
                 while not await self._healthy(process):
                     assert process.popen.poll() is None, f"{process.popen.args} did not start"
                     await asyncio.sleep(0.02)
@@ -114,9 +135,14 @@ class Orchestrator:
 
     async def __aexit__(self, *exc) -> None:
         self.http.close()
-        self.server.stop()
-        self.client.stop()
-        self._scratch.cleanup()
+        self._stop()
+
+    def _stop(self) -> None:
+        try:
+            for process in (*self.servers, self.client):
+                process.stop()
+        finally:
+            self._scratch.cleanup()
 
     async def upload(self, body: bytes, content_type: str) -> int:
         response = await self.http.fetch(

@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL cluster, started from Debian's `postgresql` package, for the tests and the benchmarks.
 
 `PostgresServer().start()` makes one on a free loopback port (and a Unix socket) in a folder of its own under
-/tmp, tuned for speed over durability; `stop()` stops it whatever happened, and removes the folder.
+/tmp, tuned for speed over durability (`settings` overrides that: the benchmarks ask for commits as durable as
+SQLite's, see bench/databases.py); `stop()` stops it whatever happened, and removes the folder.
 
 As root, the cluster runs as the `postgres` user (PostgreSQL refuses to run as root); otherwise as the current user.
 It needs PostgreSQL 13 or later (for DROP DATABASE ... WITH (FORCE)); Debian 12 has 15.
@@ -80,8 +81,9 @@ def find_or_install() -> Path:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary folder (data/, postgres.log and its socket); `start`, then `stop`."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, settings: dict[str, str] | None = None) -> None:
         self.port = port  # 0: a free one
+        self.settings = {**SETTINGS, **(settings or {})}  # postgresql.conf lines: SETTINGS, overridden
         self.bin: Path | None = None
         self.folder: Path | None = None
         self.postmaster: psutil.Process | None = None
@@ -105,7 +107,7 @@ class PostgresServer:
             self._run("initdb", "-D", self.data, "-A", "trust", "-U", USER, "-E", "UTF8", "--locale=C", "--no-sync")
             if not self.port:
                 self.port = free_port()
-            settings = {**SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{self.folder}'"}
+            settings = {**self.settings, "port": str(self.port), "unix_socket_directories": f"'{self.folder}'"}
             with open(self.data / "postgresql.conf", "a") as conf:
                 conf.write("\n# bench/postgres.py\n")
                 conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
@@ -169,11 +171,17 @@ class PostgresServer:
             return f"postgresql://{USER}@/{database}?host={quote(str(self.folder), safe='')}&port={self.port}"
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """Create a fresh, empty database; return its name."""
+    def create_database(self, template: str | None = None) -> str:
+        """Create a fresh database, empty or a copy of the database `template` (which nobody may be connected
+        to); return its name."""
         name = f"test_{uuid.uuid4().hex[:16]}"
-        self._sql(f'CREATE DATABASE "{name}"')
+        self._sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return name
+
+    def databases(self) -> set[str]:
+        """The names of the databases made by `create_database` and not dropped yet."""
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=TIMEOUT) as conn:
+            return {name for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_%'")}
 
     def drop_database(self, name: str) -> None:
         """Drop it, closing the connections still open to it."""

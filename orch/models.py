@@ -5,6 +5,7 @@ modes can run in one process (the integration tests do). Each is a proxy, bound 
 `orch.database` to SQLite or PostgreSQL: everything here works on both.
 """
 
+import contextlib
 import functools
 import logging
 
@@ -290,10 +291,17 @@ def _insert(model: type[Model], values: dict) -> int:
     return run(model._meta.database, _insert_sql(model, columns), params).fetchone()[0]
 
 
+def _unit(db: Database):
+    """A transaction for a change and its history row, unless one is open already (a claim of several jobs): a
+    savepoint per job would cost PostgreSQL two more round trips each, for nothing, as any error ends the whole
+    transaction anyway."""
+    return contextlib.nullcontext() if db.in_transaction() else db.atomic()
+
+
 def create(model: type[Model], status: Status, now: float, reason: str = "", **values) -> Model:
     """Insert a row of a stateful model in `status`, with its first history row; return it."""
     events = MACHINES[model][0]
-    with model._meta.database.atomic():
+    with _unit(model._meta.database):
         row_id = _insert(model, {"status": status, "created_at": now, "updated_at": now, **values})
         _insert(events, {model._meta.name: row_id, "src": None, "dst": status, "at": now, "reason": reason})
     _log_move(model, row_id, None, status, reason)
@@ -319,7 +327,7 @@ def transition(
     columns = tuple(changes)
     params = [model._meta.fields[name].db_value(changes[name]) for name in columns] + [row_id, src]
     db = model._meta.database
-    with db.atomic():
+    with _unit(db):
         if run(db, _update_sql(model, columns), params).rowcount != 1:
             return False
         _insert(events, {model._meta.name: row_id, "src": src, "dst": dst, "at": now, "reason": message or ""})

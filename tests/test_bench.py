@@ -37,19 +37,40 @@ async def test_big_files(capsys):
     assert "upload / copy" in capsys.readouterr().out
 
 
-async def test_queue_scale(capsys):
-    result = await queue_scale.measure(history=2000, queued=500, users=20, rounds=5, pace_seconds=0.3)
+@pytest.fixture
+def postgres(postgres_server):
+    """The suite's PostgreSQL cluster, for the benchmarks that run on both databases; they drop what they made."""
+    before = postgres_server.databases()
+    yield postgres_server
+    assert postgres_server.databases() == before
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """The `postgres` argument of a benchmark that runs on both: None (SQLite), then the suite's cluster."""
+    return request.getfixturevalue("postgres") if request.param == "postgresql" else None
+
+
+async def test_queue_scale(database, capsys):
+    result = await queue_scale.measure(
+        history=2000, queued=500, users=20, rounds=5, pace_seconds=0.3, turns=1, postgres=database
+    )
     assert result["fair"]
     assert 0 < result["round_median"] <= result["round_p95"]
+    assert 0 < result["lock_median"] < result["round_median"]  # a part of the round (a no-op on SQLite)
     assert result["empty_rate"] > 0 and result["full_rate"] > 0
     assert all(seconds > 0 for seconds in result["lookups"].values())
     out = capsys.readouterr().out
-    assert "fairness" in out and "metrics scrape" in out
+    assert "fairness" in out and "metrics scrape" in out and ("PostgreSQL" if database else "SQLite") in out
 
 
-async def test_uploads(capsys):
-    result = await uploads.measure(seconds=0.3)
+async def test_uploads(database, capsys):
+    result = await uploads.measure(seconds=0.3, floor_seconds=0.3, turns=1, postgres=database)
     assert result["rate"] > 0 and result["floor"] > 0
+    if database is None:
+        assert result["two_servers"] is None
+    else:
+        assert result["two_servers"] > 0  # two server processes on the database, the connections split between them
     assert "uploads / floor" in capsys.readouterr().out
 
 
