@@ -9,10 +9,12 @@ from peewee import Database, DatabaseError, Model
 from orch import migrations
 from orch.models import (
     MACHINES,
+    Abandoned,
     ClientFact,
     Cursor,
     Instance,
     Job,
+    JoinedClient,
     Payload,
     ServerFact,
     client_db,
@@ -33,7 +35,7 @@ IDENTITY = "data_identity"  # the fact naming the data folder paired with the da
 
 
 def open_server_db(path: Path) -> None:
-    _open(server_db, path, Job, ServerFact, [Cursor])
+    _open(server_db, path, Job, ServerFact, [Cursor, JoinedClient, Abandoned])
 
 
 def open_client_db(path: Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from peewee import CharField, Database, Model
 from playhouse.migrate import SchemaMigrator, migrate
 
-from orch.models import ClientFact, Job, ServerFact
+from orch.models import Abandoned, ClientFact, Job, JoinedClient, ServerFact
 
 Step = Callable[[Database, SchemaMigrator], None]
 
@@ -25,6 +25,15 @@ def _server_2(db: Database, migrator: SchemaMigrator) -> None:
     migrate(migrator.add_column(Job._meta.table_name, "client", CharField(null=True)))
 
 
+def _server_3(db: Database, migrator: SchemaMigrator) -> None:
+    """Several clients per service: each job's attempt, the clients that joined by themselves, and the payloads
+    that lost clients may still hold."""
+    # Added NOT NULL with its SQL default in one statement: without allow_not_null, playhouse would rebuild
+    # the table on SQLite to add the constraint, and dropping the old one cascades to the job's history.
+    migrate(migrator.add_column(Job._meta.table_name, "attempt", Job.attempt, allow_not_null=True))
+    db.create_tables([JoinedClient, Abandoned])
+
+
 def _client_2(db: Database, migrator: SchemaMigrator) -> None:
     """Facts about the database (version, identity of its data folder)."""
     db.create_tables([ClientFact])
@@ -32,7 +41,7 @@ def _client_2(db: Database, migrator: SchemaMigrator) -> None:
 
 # STEPS[mode][n] brings a database of version n - 1 to version n.
 STEPS: dict[type[Model], dict[int, Step]] = {
-    ServerFact: {2: _server_2},
+    ServerFact: {2: _server_2, 3: _server_3},
     ClientFact: {2: _client_2},
 }
 VERSION = "schema_version"
