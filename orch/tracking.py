@@ -9,19 +9,20 @@ at every getter round.
 
 Failures are recorded per client, by every caller (sends, polls, the stream): one record says when to call it
 again (after 1 s, 2 s, 4 s... up to a minute) and since when it fails. A client failing for CLIENT_LOST_AFTER
-is lost: its jobs end. Everything here is keyed by client (its address), never by service.
+is lost: its jobs end, or are queued again (`orch.attempts`); what it may still run of them is stopped once it
+answers again. Everything here is keyed by client (its address), never by service.
 """
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from orch import jobs
+from orch import attempts, jobs, members
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import ClientError
 from orch.states import FINISHED, Status
-from orch.wire import EVENTS_WAIT, GONE
+from orch.wire import EVENTS_WAIT, GONE, Destination
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Tracking:
     streamless: set[str] = field(default_factory=set)
     repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
     changed_early: set[int] = field(default_factory=set)  # jobs whose payload changed while their send was in flight
+    slots: dict[str, int] = field(default_factory=dict)  # what each client's /status said
 
 
 def _state(ctx: Context) -> Tracking:
@@ -127,6 +129,37 @@ def answered(ctx: Context, client: ClientConfig) -> None:
     _state(ctx).health.succeeded(client.address)
 
 
+def slots(ctx: Context, address: str) -> int | None:
+    """How many payloads the client at `address` said it runs at once (None until it said)."""
+    return _state(ctx).slots.get(address)
+
+
+def clients(ctx: Context, now: float) -> list[dict]:
+    """Every client the server knows (listed, joined, or holding jobs), by address, for people to look at:
+    the services it serves, its slots, the jobs placed on it, whether it answers, and its lease if it joined."""
+    joined = {member.client.address: member for member in members.joined(now)}
+    placed = jobs.placed()
+    served: dict[str, set[str]] = {}
+    for service in ctx.config.services.values():
+        for client in members.clients_of(service, list(joined.values())):
+            served.setdefault(client.address, set()).add(service.name)
+    health = _state(ctx).health
+    return [
+        {
+            "address": address,
+            "services": sorted(served.get(address, ())),
+            "slots": joined[address].slots if address in joined else slots(ctx, address),
+            "placed": placed.get(address, 0),
+            "up": health.down_for(address, now) == 0,
+            "down_for": health.down_for(address, now),
+            "reason": health.reason(address),
+            "followed": address in _state(ctx).live,
+            "lease_ends": joined[address].expires_at if address in joined else None,
+        }
+        for address in sorted(served.keys() | placed.keys())
+    ]
+
+
 # ---- Polls
 
 
@@ -147,6 +180,32 @@ def poll_due(ctx: Context, now: float) -> int:
     for client in swept:
         tracking.live[client] = now
     return started
+
+
+def stop_abandoned(ctx: Context, now: float) -> int:
+    """Start stopping each payload that a client lost earlier may still run for a job that went on without it
+    (`orch.attempts`), on clients that may be called now; return how many started."""
+    started = 0
+    for record, job_id, address, dest in attempts.abandoned(ctx, now):
+        if ("abandoned", record) not in ctx.inflight and _state(ctx).health.ready(address, now):
+            ctx.inflight.start(
+                ("abandoned", record),
+                lambda record=record, job_id=job_id, address=address, dest=dest: _stop(
+                    ctx, record, job_id, address, dest, now
+                ),
+            )
+            started += 1
+    return started
+
+
+async def _stop(ctx: Context, record: int, job_id: int, address: str, dest: Destination, now: float) -> None:
+    client = ctx.config.client_at(address)
+    try:
+        await attempts.stop_abandoned(ctx, record, job_id, address, dest)
+    except ClientError as e:
+        failed(ctx, client, now, e.message)
+        return
+    answered(ctx, client)
 
 
 def poll_soon(ctx: Context, job_id: int) -> None:
@@ -178,15 +237,15 @@ async def _poll_once(ctx: Context, job_id: int, now: float) -> None:
         return  # it ended meanwhile
     client = jobs.client_of(ctx, job)
     if client is None:
-        _finish(ctx, job_id, status, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
+        _finish(ctx, job, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
         return
     try:
         answer = await ctx.clients.retrieve(client, jobs.destination(job), jobs.result_file(ctx, job))
     except ClientError as e:
         if e.code == 404:
-            _finish(ctx, job_id, status, Status.UNKNOWN, f"the client no longer knows this job (payload {job.dest_id})")
+            attempts.lose(ctx, job, f"the client no longer knows this job (payload {job.dest_id})", held=False)
         elif e.code == GONE:
-            _finish(ctx, job_id, status, Status.UNKNOWN, e.message)
+            attempts.lose(ctx, job, e.message, held=False)
         else:
             failed(ctx, client, now, e.message)
             if (why := lost(ctx, client.address, now)) is not None:
@@ -199,7 +258,7 @@ async def _poll_once(ctx: Context, job_id: int, now: float) -> None:
         return
     answered(ctx, client)
     if answer is None:
-        _finish(ctx, job_id, status, Status.COMPLETED, "")
+        _finish(ctx, job, Status.COMPLETED, "")
         return
     try:
         reported = Status(answer.get("status"))
@@ -210,18 +269,25 @@ async def _poll_once(ctx: Context, job_id: int, now: float) -> None:
     if mirrored is None or mirrored == status:
         return
     message = answer.get("message") or DEFAULT_MESSAGES.get(reported, f"the client reports the job as {reported}")
-    _finish(ctx, job_id, status, mirrored, message if mirrored in FINISHED else None)
+    _finish(ctx, job, mirrored, message if mirrored in FINISHED else None)
 
 
 def _lose(ctx: Context, job_id: int, why: str) -> None:
-    """End a dispatched job whose client is lost."""
+    """End (or queue again) a dispatched job whose client is lost."""
     job = jobs.get(job_id)
     if job.status in POLLED:
-        _finish(ctx, job_id, Status(job.status), Status.UNKNOWN, f"lost contact with the {job.service} client {why}")
+        attempts.lose(ctx, job, f"lost contact with the {job.service} client {why}", held=True)
 
 
-def _finish(ctx: Context, job_id: int, src: Status, dst: Status, message: str | None) -> None:
-    if jobs.move(ctx, job_id, src, dst, message) and dst in FINISHED:
+def _finish(ctx: Context, job, dst: Status, message: str | None) -> None:
+    """Record what its client said of a polled job (as read before the poll): `dst`, from the status it is in
+    now if it is still on its client at the same attempt (an event may have marked it Running meanwhile); nothing
+    if it moved on (it ended, is being terminated, or is at another attempt: an answer is about the attempt it
+    was asked for)."""
+    current = Status(jobs.get(job.id).status)
+    if current not in POLLED or current == dst:
+        return
+    if jobs.move(ctx, job.id, current, dst, message, at_attempt=job.attempt) and dst in FINISHED:
         ctx.wake("sender")  # a slot is free
 
 
@@ -244,12 +310,20 @@ def send_ended(ctx: Context, job_id: int, payload_status: str | None) -> None:
 # ---- Event streams
 
 
-def follow_clients(ctx: Context) -> int:
-    """Follow the event stream of every configured client that is not followed yet (and has one); return how
-    many started."""
+def follow_clients(ctx: Context, now: float) -> int:
+    """Follow the event stream of every client of the services (listed, or joined at `now`) that is not followed
+    yet (and has one); stop following those that left (their jobs are polled); return how many started."""
     tracking = _state(ctx)
+    joined = members.joined(now)
+    wanted = {
+        client.address: client
+        for service in ctx.config.services.values()
+        for client in members.clients_of(service, joined)
+    }
+    for address in tracking.follows.keys() - wanted.keys():
+        tracking.follows[address].cancel()
     started = 0
-    for client in {service.client.address: service.client for service in ctx.config.services.values()}.values():
+    for client in wanted.values():
         if client.address not in tracking.follows and client.address not in tracking.streamless:
             task = asyncio.ensure_future(follow(ctx, client))
             tracking.follows[client.address] = task
@@ -270,7 +344,8 @@ async def follow(ctx: Context, client: ClientConfig) -> None:
     client without the stream is left to polls.
 
     When the stream starts, comes back, or answers from another client instance or a restarted sequence,
-    every job of the client is polled once: that covers whatever the stream did not report."""
+    every job of the client is polled once (that covers whatever the stream did not report), and the client is
+    asked how many slots it has."""
     tracking = _state(ctx)
     after = None
     instance = None
@@ -291,12 +366,24 @@ async def follow(ctx: Context, client: ClientConfig) -> None:
             restarted = after is not None and last < after
             if client.address not in tracking.live or answered_by != instance or restarted:
                 tracking.live[client.address] = 0.0  # due at the getter's next round
+                await _ask_slots(ctx, client)
             instance = answered_by
             for event in events:
                 _on_event(ctx, event)
             after = last
     finally:
         tracking.live.pop(client.address, None)
+
+
+async def _ask_slots(ctx: Context, client: ClientConfig) -> None:
+    """Learn the client's slots from its `/status` (kept as they were if it does not say)."""
+    try:
+        status = await ctx.clients.status(client)
+    except ClientError as e:
+        log.debug("watcher: %s did not say its slots: %s", client.address, e.message)
+        return
+    if isinstance(status.get("slots"), int) and status["slots"] > 0:
+        _state(ctx).slots[client.address] = status["slots"]
 
 
 def _on_event(ctx: Context, event: dict) -> None:

@@ -6,5 +6,6 @@ from orch.context import Context
 
 
 async def follow_clients(ctx: Context, now: float) -> int:
-    """Start following each client not followed yet; return how many."""
-    return tracking.follow_clients(ctx)
+    """Start following each client not followed yet (and stop following those that left); return how many
+    started."""
+    return tracking.follow_clients(ctx, now)
