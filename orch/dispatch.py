@@ -33,15 +33,18 @@ class Sending:
     bound: set[int] = field(default_factory=set)
 
 
-def claim(ctx: Context, now: float) -> list[int]:
+async def claim(ctx: Context, now: float) -> list[int]:
     """Claim (Queued -> Processing) the jobs each service may start now, in the fair order of `orch.quotas`,
     each placed on a client with a free slot; return their ids. A service none of whose clients may be called
     now is passed over."""
     joined = members.joined(now)
+    up = {name: placement.up(ctx, service, joined, now) for name, service in ctx.config.services.items()}
+    announced = {member.client.address for member in joined}
+    await tracking.learn_slots(ctx, [c for clients in up.values() for c in clients if c.address not in announced])
     load = jobs.placed()
     claimed = []
     for name, service in sorted(ctx.config.services.items()):
-        clients = placement.up(ctx, service, joined, now)
+        clients = up[name]
         if not clients:
             continue
         picks = quotas.next_jobs(service)

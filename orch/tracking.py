@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 POLLED = (Status.SUBMITTED, Status.RUNNING)
 SWEEP = 30.0  # seconds between two polls of the jobs of a client followed live
+SLOTS_WAIT = 1.0  # seconds a dispatch round waits for clients met for the first time to say their slots
 # What the client's statuses mean for the server's job; Prepared and Completed-as-JSON change nothing.
 MIRRORED = {
     Status.RUNNING: Status.RUNNING,
@@ -94,7 +95,8 @@ class Tracking:
     streamless: set[str] = field(default_factory=set)
     repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
     changed_early: set[int] = field(default_factory=set)  # jobs whose payload changed while their send was in flight
-    slots: dict[str, int] = field(default_factory=dict)  # what each client's /status said
+    # What each client's /status said of its slots; None: it was asked and did not say (see `learn_slots`).
+    slots: dict[str, int | None] = field(default_factory=dict)
 
 
 def _state(ctx: Context) -> Tracking:
@@ -132,6 +134,20 @@ def answered(ctx: Context, client: ClientConfig) -> None:
 def slots(ctx: Context, address: str) -> int | None:
     """How many payloads the client at `address` said it runs at once (None until it said)."""
     return _state(ctx).slots.get(address)
+
+
+async def learn_slots(ctx: Context, clients: list[ClientConfig]) -> None:
+    """Ask each of `clients` not asked yet how many slots it has, all at once, and wait up to SLOTS_WAIT for
+    the answers, so that jobs are placed by them from the first. One that has not said (yet: a client stopped
+    or out of reach is not waited for longer; or ever: a client of the original) counts as having its service's
+    MAX_RUNS; each is asked again when its event stream starts."""
+    new = [
+        ctx.inflight.start(("status", client.address), lambda client=client: _ask_slots(ctx, client))
+        for client in clients
+        if client.address not in _state(ctx).slots and ("status", client.address) not in ctx.inflight
+    ]
+    if new:
+        await asyncio.wait(new, timeout=SLOTS_WAIT)
 
 
 def clients(ctx: Context, now: float) -> list[dict]:
@@ -376,14 +392,16 @@ async def follow(ctx: Context, client: ClientConfig) -> None:
 
 
 async def _ask_slots(ctx: Context, client: ClientConfig) -> None:
-    """Learn the client's slots from its `/status` (kept as they were if it does not say)."""
+    """Learn the client's slots from its `/status` (None if it does not say)."""
+    known = _state(ctx).slots
     try:
         status = await ctx.clients.status(client)
     except ClientError as e:
-        log.debug("watcher: %s did not say its slots: %s", client.address, e.message)
+        log.debug("%s did not say its slots: %s", client.address, e.message)
+        known.setdefault(client.address, None)
         return
-    if isinstance(status.get("slots"), int) and status["slots"] > 0:
-        _state(ctx).slots[client.address] = status["slots"]
+    said = status.get("slots")
+    known[client.address] = said if isinstance(said, int) and not isinstance(said, bool) and said > 0 else None
 
 
 def _on_event(ctx: Context, event: dict) -> None:

@@ -33,6 +33,7 @@ ZIP_TYPE = "application/zip"
 EVENTS_WAIT = 25.0  # seconds a long-poll of a client's events waits for a change, unless asked otherwise
 MAX_EVENTS_WAIT = 60.0
 MAX_JSON_SIZE = 1024 * 1024
+STATUS_TIMEOUT = 10.0  # seconds a client may take to say its status (it answers from memory and its database)
 INSTANCE_HEADER = "X-Orchestrator-Instance"
 JOB_HEADER = "X-Orchestrator-Job"
 GONE = 410  # the code of a ClientError saying the payload is not (or no longer) this job's
@@ -134,7 +135,7 @@ class ClientAPI:
         """The client's `/status`: its instance, slots, payloads prepared and running, load and free disk.
         ClientError 404 from clients that have none."""
         url = client.status_url
-        response = await self._fetch(url)
+        response = await self._fetch(url, request_timeout=min(self.request_timeout, STATUS_TIMEOUT))
         return _answer(url, response.code, response.body)
 
     async def _download(self, url: str, dest: Destination, zip_path: Path, zip_required: bool) -> dict | None:
