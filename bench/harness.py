@@ -83,7 +83,9 @@ class Orchestrator:
         if server_db is not None:  # start the server on a copy of this database
             (self.folder / "server").mkdir()
             shutil.copy(server_db, self.folder / "server" / "server.sqlite")
-        self.client = Process("client", self.folder / "client", {"KILL_GRACE": "1", **(client_env or {})})
+        # As many slots as the service's MAX_RUNS sends: the benchmarks measure the orchestrator, not a node.
+        client_env = {"KILL_GRACE": "1", "SLOTS": "1000", **(client_env or {})}
+        self.client = Process("client", self.folder / "client", client_env)
         self.server = Process(
             "server",
             self.folder / "server",

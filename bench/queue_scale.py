@@ -73,9 +73,7 @@ def sender_rounds(path: Path, rounds: int) -> list[float]:
     """Seconds per sender round (choose what may start, claim it, move the cursor) with 10 free slots;
     between rounds the claimed jobs finish, freeing their slots."""
     open_server_db(path)
-    service = ServiceConfig(
-        SERVICE, "http://x/submit", "http://x/retrieve", "http://x/kill", runs_per_user=1, max_runs=10
-    )
+    service = ServiceConfig(SERVICE, runs_per_user=1, max_runs=10)
     for (job,) in Job.select(Job.id).where(Job.status == Status.RUNNING.value).tuples():
         transition(Job, job, Status.RUNNING, Status.COMPLETED, time.time())
     durations = []
@@ -107,7 +105,7 @@ def fairness(path: Path, users: int) -> bool:
             + [(users + 2, SERVICE, "Queued", new_name(), "", now, now)],
         )
     move_cursor(SERVICE, users + 1)
-    one_slot = ServiceConfig(SERVICE, "http://x/submit", "http://x/retrieve", "http://x/kill", max_runs=1)
+    one_slot = ServiceConfig(SERVICE, max_runs=1)
     ((_, user),) = next_jobs(one_slot)
     server_db.close()
     return user == users + 2

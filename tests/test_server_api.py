@@ -534,6 +534,7 @@ async def test_openapi_document_describes_every_route_and_method(server):
         "/download/{job_id}": {"get", "head"},
         "/download_partial/{job_id}": {"get", "head"},
         "/terminate/{job_id}": {"post"},
+        "/clients": {"post"},
         "/": {"get"},
         "/health": {"get"},
     }
