@@ -40,7 +40,8 @@ async def claim(ctx: Context, now: float) -> list[int]:
     joined = members.joined(now)
     up = {name: placement.up(ctx, service, joined, now) for name, service in ctx.config.services.items()}
     announced = {member.client.address for member in joined}
-    await tracking.learn_slots(ctx, [c for clients in up.values() for c in clients if c.address not in announced])
+    unsaid = [client for clients in up.values() for client in clients if client.address not in announced]
+    await placement.learn_slots(ctx, unsaid, now)
     load = jobs.placed()
     claimed = []
     for name, service in sorted(ctx.config.services.items()):

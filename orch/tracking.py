@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 POLLED = (Status.SUBMITTED, Status.RUNNING)
 SWEEP = 30.0  # seconds between two polls of the jobs of a client followed live
-SLOTS_WAIT = 1.0  # seconds a dispatch round waits for clients met for the first time to say their slots
 # What the client's statuses mean for the server's job; Prepared and Completed-as-JSON change nothing.
 MIRRORED = {
     Status.RUNNING: Status.RUNNING,
@@ -95,8 +94,6 @@ class Tracking:
     streamless: set[str] = field(default_factory=set)
     repoll: set[int] = field(default_factory=set)  # jobs that changed while being polled: poll them again
     changed_early: set[int] = field(default_factory=set)  # jobs whose payload changed while their send was in flight
-    # What each client's /status said of its slots; None: it was asked and did not say (see `learn_slots`).
-    slots: dict[str, int | None] = field(default_factory=dict)
 
 
 def _state(ctx: Context) -> Tracking:
@@ -131,49 +128,15 @@ def answered(ctx: Context, client: ClientConfig) -> None:
     _state(ctx).health.succeeded(client.address)
 
 
-def slots(ctx: Context, address: str) -> int | None:
-    """How many payloads the client at `address` said it runs at once (None until it said)."""
-    return _state(ctx).slots.get(address)
-
-
-async def learn_slots(ctx: Context, clients: list[ClientConfig]) -> None:
-    """Ask each of `clients` not asked yet how many slots it has, all at once, and wait up to SLOTS_WAIT for
-    the answers, so that jobs are placed by them from the first. One that has not said (yet: a client stopped
-    or out of reach is not waited for longer; or ever: a client of the original) counts as having its service's
-    MAX_RUNS; each is asked again when its event stream starts."""
-    new = [
-        ctx.inflight.start(("status", client.address), lambda client=client: _ask_slots(ctx, client))
-        for client in clients
-        if client.address not in _state(ctx).slots and ("status", client.address) not in ctx.inflight
-    ]
-    if new:
-        await asyncio.wait(new, timeout=SLOTS_WAIT)
-
-
-def clients(ctx: Context, now: float) -> list[dict]:
-    """Every client the server knows (listed, joined, or holding jobs), by address, for people to look at:
-    the services it serves, its slots, the jobs placed on it, whether it answers, and its lease if it joined."""
-    joined = {member.client.address: member for member in members.joined(now)}
-    placed = jobs.placed()
-    served: dict[str, set[str]] = {}
-    for service in ctx.config.services.values():
-        for client in members.clients_of(service, list(joined.values())):
-            served.setdefault(client.address, set()).add(service.name)
+def failing(ctx: Context, address: str, now: float) -> tuple[float, str]:
+    """For how long the client at `address` has been failing at `now` (0 while it answers), and why."""
     health = _state(ctx).health
-    return [
-        {
-            "address": address,
-            "services": sorted(served.get(address, ())),
-            "slots": joined[address].slots if address in joined else slots(ctx, address),
-            "placed": placed.get(address, 0),
-            "up": health.down_for(address, now) == 0,
-            "down_for": health.down_for(address, now),
-            "reason": health.reason(address),
-            "followed": address in _state(ctx).live,
-            "lease_ends": joined[address].expires_at if address in joined else None,
-        }
-        for address in sorted(served.keys() | placed.keys())
-    ]
+    return health.down_for(address, now), health.reason(address)
+
+
+def followed(ctx: Context, address: str) -> bool:
+    """Whether the event stream of the client at `address` is followed live."""
+    return address in _state(ctx).live
 
 
 # ---- Polls
@@ -360,8 +323,7 @@ async def follow(ctx: Context, client: ClientConfig) -> None:
     client without the stream is left to polls.
 
     When the stream starts, comes back, or answers from another client instance or a restarted sequence,
-    every job of the client is polled once (that covers whatever the stream did not report), and the client is
-    asked how many slots it has."""
+    every job of the client is polled once: that covers whatever the stream did not report."""
     tracking = _state(ctx)
     after = None
     instance = None
@@ -382,26 +344,12 @@ async def follow(ctx: Context, client: ClientConfig) -> None:
             restarted = after is not None and last < after
             if client.address not in tracking.live or answered_by != instance or restarted:
                 tracking.live[client.address] = 0.0  # due at the getter's next round
-                await _ask_slots(ctx, client)
             instance = answered_by
             for event in events:
                 _on_event(ctx, event)
             after = last
     finally:
         tracking.live.pop(client.address, None)
-
-
-async def _ask_slots(ctx: Context, client: ClientConfig) -> None:
-    """Learn the client's slots from its `/status` (None if it does not say)."""
-    known = _state(ctx).slots
-    try:
-        status = await ctx.clients.status(client)
-    except ClientError as e:
-        log.debug("%s did not say its slots: %s", client.address, e.message)
-        known.setdefault(client.address, None)
-        return
-    said = status.get("slots")
-    known[client.address] = said if isinstance(said, int) and not isinstance(said, bool) and said > 0 else None
 
 
 def _on_event(ctx: Context, event: dict) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from bench.cluster import Node as ClientProcess
 from bench.cluster import end_runs
-from orch import tracking
+from orch import placement, tracking
 from orch.models import Abandoned, Job, JobEvent
 from tasks.getter import poll_dispatched
 from tasks.sender import send_queued
@@ -88,7 +88,7 @@ async def test_jobs_fill_each_clients_free_slots_as_its_status_says_and_no_more(
         service_example_max_runs=10,
         service_example_runs_per_user=10,
     )
-    await wait_for(lambda: all(tracking.slots(server.ctx, client.url) for client in clients))
+    await wait_for(lambda: all(placement.said_slots(server.ctx, client.url) for client in clients))
     ledger = tmp_path / "ledger"
     ids = [(await upload(server, gated(ledger), user_id=n % 3))[1]["id"] for n in range(8)]
     await wait_for(lambda: sum(job_status(job_id) == "Running" for job_id in ids) == 6)
@@ -112,7 +112,7 @@ async def test_a_client_that_cannot_be_reached_is_passed_over_and_the_others_run
     ids = [(await upload(server, script("echo $PWD > where.txt\n"), user_id=n))[1]["id"] for n in range(8)]
     await wait_for(lambda: all(job_status(job_id) == "Completed" for job_id in ids))
     assert {Job.get_by_id(job_id).client for job_id in ids} == {clients[0].url, clients[2].url}
-    seen = {client["address"]: client for client in tracking.clients(server.ctx, time.time())}
+    seen = {client["address"]: client for client in placement.clients(server.ctx, time.time())}
     assert not seen[dead.url]["up"] and "could not be reached" in seen[dead.url]["reason"]
 
 

@@ -59,15 +59,16 @@ async def round_of(server: Node, tick, now: float) -> None:
 
 
 async def test_a_send_that_could_not_connect_leaves_the_job_free_to_go_to_another_client(nodes, closed_port):
-    client = nodes("client", tasks=True)
+    client = nodes("client", tasks=True, slots=1)
     server = nodes("server", service_example_clients=f"{closed_port},{client.url}")
     now = time.time()
-    ids = [(await upload(server, script("exit 0\n"), user_id=n))[1]["id"] for n in range(2)]
-    await round_of(server, send_queued, now)  # one to each client
-    refused = next(job_id for job_id in ids if job_status(job_id) == "Queued")
-    assert Job.get_by_id(refused).client is None  # nothing of it can be there
-    await round_of(server, send_queued, now)  # the refusing client waits out its backoff: the other takes it
-    assert (job_status(refused), Job.get_by_id(refused).client) == ("Submitted", client.url)
+    _, body = await upload(server, script("exit 0\n"))
+    await round_of(server, send_queued, now)  # to the client that says nothing of its slots: it counts 10
+    job = Job.get_by_id(body["id"])
+    assert (job.status, job.client) == ("Queued", None)  # nothing of it can be there
+    assert job.message.startswith(f"waiting for the example client at {closed_port}")
+    await round_of(server, send_queued, now)  # that client waits out its backoff: the other takes the job
+    assert (job_status(job.id), Job.get_by_id(job.id).client) == ("Submitted", client.url)
 
 
 async def bound_to_failing(server: Node, good: Node, failing: str, now: float) -> int:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from orch import members, tracking
+from orch import members, placement, tracking
 from orch.models import JoinedClient
 from orch.tracking import Tracking
 from tests.conftest import Node, job_status, script, upload, wait_for
@@ -115,8 +115,8 @@ async def test_a_client_started_with_server_url_joins_by_itself_and_receives_wor
     assert any("joined" in r.getMessage() and "haddock not configured" in r.getMessage() for r in caplog.records)
     _, body = await upload(server, script("echo hello > out.txt\n"))
     await wait_for(lambda: job_status(body["id"]) == "Completed")
-    await wait_for(lambda: client.url in server.ctx.state(Tracking).live)  # its event stream is followed
-    assert tracking.slots(server.ctx, client.url) == 3  # and its /status was asked
+    (seen,) = await wait_for(lambda: [c for c in placement.clients(server.ctx, server.ctx.clock()) if c["followed"]])
+    assert (seen["address"], seen["services"], seen["slots"]) == (client.url, ["example"], 3)  # its stream is followed
 
     # It renews its lease every second (a third of 3 s): still there well after the first lease would end.
     first = JoinedClient.get().expires_at

@@ -8,7 +8,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-from orch import members, tracking
+from orch import members, placement, tracking
 from orch.config import ClientConfig
 from orch.dispatch import claim
 from orch.models import Job, create, server_db, transition
@@ -142,7 +142,7 @@ async def test_what_people_see_of_each_client(server):
     tracking.failed(server.ctx, ClientConfig.at(B), NOW, "connection refused")
     queue(1)
     await claim(server.ctx, NOW)
-    seen = {client["address"]: client for client in tracking.clients(server.ctx, NOW + 5)}
+    seen = {client["address"]: client for client in placement.clients(server.ctx, NOW + 5)}
     assert seen[A] | {"lease_ends": None} == {
         "address": A,
         "services": ["example"],
