@@ -13,6 +13,7 @@ neither runs on nor holds a slot there. Records older than MAX_AGE are dropped: 
 """
 
 import logging
+from dataclasses import dataclass
 
 from orch import jobs
 from orch.context import Context
@@ -23,9 +24,19 @@ from orch.wire import GONE, Destination
 
 log = logging.getLogger(__name__)
 
-ABANDONED = 'SELECT "id", "job_id", "client", "dest_id", "dest_instance", "job_key" FROM "abandoned_payloads"'
+ABANDONED = 'SELECT "id", "job_id", "client", "dest_id", "dest_instance", "job_key", "at" FROM "abandoned_payloads"'
 FORGET = 'DELETE FROM "abandoned_payloads" WHERE "id" = ?'
-EXPIRE = 'DELETE FROM "abandoned_payloads" WHERE "at" < ?'
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A payload that a lost client may still run for a job that went on without it."""
+
+    record: int
+    job_id: int
+    address: str
+    dest: Destination
+    since: float
 
 
 def lose(ctx: Context, job: Job, reason: str, held: bool) -> bool:
@@ -68,31 +79,34 @@ def lose(ctx: Context, job: Job, reason: str, held: bool) -> bool:
     return moved
 
 
-def abandoned(ctx: Context, now: float) -> list[tuple[int, int, str, Destination]]:
-    """(record id, job id, client address, destination) of each payload to stop (records older than MAX_AGE
-    are dropped first)."""
-    run(server_db, EXPIRE, (now - ctx.config.max_age,))
+def leftovers() -> list[Leftover]:
+    """Every payload still to stop on a client that was lost."""
     return [
-        (record, job_id, client, Destination(dest_id, instance, job_key))
-        for record, job_id, client, dest_id, instance, job_key in run(server_db, ABANDONED).fetchall()
+        Leftover(record, job_id, address, Destination(dest_id, instance, job_key), since)
+        for record, job_id, address, dest_id, instance, job_key, since in run(server_db, ABANDONED).fetchall()
     ]
 
 
-async def stop_abandoned(ctx: Context, record: int, job_id: int, address: str, dest: Destination) -> None:
-    """Stop an abandoned payload on its client and forget it; ClientError when the client cannot be reached
+async def stop(ctx: Context, leftover: Leftover) -> None:
+    """Stop a leftover payload on its client and forget it; ClientError when the client cannot be reached
     (tried again later). A client that no longer has it (or is another instance) holds nothing to stop."""
     try:
-        answer = await ctx.clients.kill(ctx.config.client_at(address), dest)
+        answer = await ctx.clients.kill(ctx.config.client_at(leftover.address), leftover.dest)
     except ClientError as e:
         if e.code not in (404, GONE):
             raise
         answer = {"status": "gone"}
-    run(server_db, FORGET, (record,))
+    forget(leftover, f"stopped: {answer.get('status', Status.KILLED)}")
+
+
+def forget(leftover: Leftover, outcome: str) -> None:
+    """Stop trying to stop a leftover payload (`outcome` says why)."""
+    run(server_db, FORGET, (leftover.record,))
     log.info(
-        "job %s: what %s still held of it (payload %s, %s) is stopped: %s",
-        job_id,
-        address,
-        dest.dest_id,
-        dest.job_key,
-        answer.get("status", Status.KILLED),
+        "job %s: what %s held of it (payload %s, %s): %s",
+        leftover.job_id,
+        leftover.address,
+        leftover.dest.dest_id,
+        leftover.dest.job_key,
+        outcome,
     )

@@ -22,7 +22,7 @@ from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import ClientError
 from orch.states import FINISHED, Status
-from orch.wire import EVENTS_WAIT, GONE, Destination
+from orch.wire import EVENTS_WAIT, GONE
 
 log = logging.getLogger(__name__)
 
@@ -161,26 +161,24 @@ def poll_due(ctx: Context, now: float) -> int:
     return started
 
 
-def stop_abandoned(ctx: Context, now: float) -> int:
-    """Start stopping each payload that a client lost earlier may still run for a job that went on without it
-    (`orch.attempts`), on clients that may be called now; return how many started."""
+def stop_leftovers(ctx: Context, now: float) -> int:
+    """Start stopping each payload that a lost client may still run for a job that went on without it
+    (`orch.attempts`), on clients that may be called now; return how many started. Those left for MAX_AGE are
+    given up: that client is gone for good."""
     started = 0
-    for record, job_id, address, dest in attempts.abandoned(ctx, now):
-        if ("abandoned", record) not in ctx.inflight and _state(ctx).health.ready(address, now):
-            ctx.inflight.start(
-                ("abandoned", record),
-                lambda record=record, job_id=job_id, address=address, dest=dest: _stop(
-                    ctx, record, job_id, address, dest, now
-                ),
-            )
+    for leftover in attempts.leftovers():
+        if now - leftover.since > ctx.config.max_age:
+            attempts.forget(leftover, "given up after MAX_AGE")
+        elif ("leftover", leftover.record) not in ctx.inflight and _state(ctx).health.ready(leftover.address, now):
+            ctx.inflight.start(("leftover", leftover.record), lambda leftover=leftover: _stop(ctx, leftover, now))
             started += 1
     return started
 
 
-async def _stop(ctx: Context, record: int, job_id: int, address: str, dest: Destination, now: float) -> None:
-    client = ctx.config.client_at(address)
+async def _stop(ctx: Context, leftover: attempts.Leftover, now: float) -> None:
+    client = ctx.config.client_at(leftover.address)
     try:
-        await attempts.stop_abandoned(ctx, record, job_id, address, dest)
+        await attempts.stop(ctx, leftover)
     except ClientError as e:
         failed(ctx, client, now, e.message)
         return

@@ -14,7 +14,7 @@ from tornado.web import Application, RequestHandler, stream_request_body
 
 from orch import tracking
 from orch.config import ClientConfig
-from orch.models import Job, JobEvent, Payload
+from orch.models import Abandoned, Job, JobEvent, Payload
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
@@ -144,3 +144,15 @@ async def test_a_job_its_client_no_longer_knows_ends_unknown_or_runs_again(nodes
     assert job_status(first.id) == "Completed"
     history = [(event.src, event.dst) for event in JobEvent.select().where(JobEvent.job == first.id)]
     assert ("Submitted", "Queued") in history and history[-1][1] == "Completed"
+
+
+async def test_a_payload_left_on_a_client_lost_for_longer_than_max_age_is_given_up(nodes, closed_port):
+    server = nodes("server", service_example_clients=closed_port, max_age=100)
+    _, body = await upload(server, script("exit 0\n"))
+    now = time.time()
+    Abandoned.create(job=body["id"], client=closed_port, dest_id=1, dest_instance=None, job_key="k", at=now)
+    assert await poll_dispatched(server.ctx, now + 50) == 1  # tried: the client is still out of reach
+    await server.settle()
+    assert Abandoned.select().count() == 1
+    assert await poll_dispatched(server.ctx, now + 101) == 0
+    assert Abandoned.select().count() == 0
