@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MAX_SLOTS = 100_000
 NAME = re.compile(r"[A-Za-z0-9_]{1,100}")
 INSTANCE = re.compile(r"[\x21-\x7e]{0,128}")
+PRINTABLE = re.compile(r"[\x21-\x7e]+")
+
 RETRY = 5.0  # seconds before a client announces itself again after a failure
 ANNOUNCE_TIMEOUT = 10.0
 
@@ -87,8 +89,8 @@ def _parse(body: object) -> tuple[str, list[str], int, str]:
         check_url("url", url)
     except ValueError as e:
         raise BadRequest(str(e)) from None
-    if "?" in url or "#" in url:
-        raise BadRequest("url must be the client's base URL, without a query or a fragment")
+    if not PRINTABLE.fullmatch(url) or "?" in url or "#" in url:
+        raise BadRequest("url must be the client's base URL: printable ASCII, without a query or a fragment")
     names_ok = isinstance(services, list) and all(isinstance(name, str) and NAME.fullmatch(name) for name in services)
     if not services or not names_ok:
         raise BadRequest("services must be a non-empty list of service names (letters, digits, _)")

@@ -12,13 +12,14 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler, stream_request_body
 
-from orch import tracking
+from orch import members, tracking
 from orch.config import ClientConfig
+from orch.dispatch import claim
 from orch.models import Abandoned, Job, JobEvent, Payload
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
-from tests.conftest import Node, job_status, payload_status, script, upload, wait_for
+from tests.conftest import Node, job_status, multipart, payload_status, script, upload, wait_for
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -156,3 +157,28 @@ async def test_a_payload_left_on_a_client_lost_for_longer_than_max_age_is_given_
     assert Abandoned.select().count() == 1
     assert await poll_dispatched(server.ctx, now + 101) == 0
     assert Abandoned.select().count() == 0
+
+
+async def test_a_job_being_sent_when_the_server_stopped_goes_back_to_that_client_and_runs_once(nodes):
+    """The send reached the client, then the server stopped before recording it. Restarted, the server sends the
+    job to that client again (the key finds the payload it made), though another client has more free slots."""
+    client = nodes("client", orch_token=TOKEN, slots=1)
+    first = nodes("server", orch_token=TOKEN, service_example_clients=client.url)
+    _, body = await upload(first, script("exit 0\n"))
+    now = time.time()
+    assert await claim(first.ctx, now) == [body["id"]]  # Processing, placed on the client...
+    job = Job.get_by_id(body["id"])
+    data, content_type = multipart({"job_key": job.folder}, script("exit 0\n"))
+    code, made = await client.json(
+        "/submit", method="POST", body=data, headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}
+    )
+    assert code == 200  # ...which took it, and the server stops before it hears so
+    first.stop()
+
+    server = nodes("server", orch_token=TOKEN, service_example_clients=client.url)
+    assert (job_status(job.id), Job.get_by_id(job.id).client) == ("Queued", client.url)  # bound to it
+    members.record(server.ctx, {"url": "http://127.0.0.1:9", "services": ["example"], "slots": 100}, now)
+    await round_of(server, send_queued, now)
+    job = Job.get_by_id(job.id)
+    assert (job.status, job.client, job.dest_id) == ("Submitted", client.url, made["id"])
+    assert Payload.select().count() == 1

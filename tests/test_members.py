@@ -72,6 +72,8 @@ async def test_an_announcement_of_no_service_configured_here_is_refused(server):
         {**NODE, "url": "node1:9000"},
         {**NODE, "url": "ftp://node1"},
         {**NODE, "url": "http://node1:9000/?x=1"},
+        {**NODE, "url": "http://node 1:9000"},
+        {**NODE, "url": "http://node1:9000/caf\u00e9"},
         {**NODE, "url": 7},
         {**NODE, "services": []},
         {**NODE, "services": "example"},
