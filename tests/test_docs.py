@@ -26,7 +26,7 @@ def test_env_sample_works_as_it_is():
     env = {key: value for key, value in dotenv_values(ROOT / ".env.sample").items() if value is not None}
     config = load("server", env)
     assert list(config.services) == ["example"]
-    assert config.services["example"].upload_url == "http://127.0.0.1:9000/submit"
+    assert config.services["example"].clients[0].upload_url == "http://127.0.0.1:9000/submit"
     assert load("client", env).port == 9000
 
 
