@@ -1,8 +1,9 @@
 """A cluster of real `orchestrator.py` processes (one server, one client) that the soak benchmark and the fault
 tests kill, stop and restart.
 
-Every job's run.sh appends its tag to a ledger outside its folder, so that what ran can be counted: submitted,
-finished, lost (submitted but not finished), and run twice (a tag more than once in the ledger).
+Every job's run.sh appends its tag to a ledger outside its folder (in a folder the client lets jobs write to), so
+that what ran can be counted: submitted, finished, lost (submitted but not finished), and run twice (a tag more
+than once in the ledger).
 """
 
 import json
@@ -104,8 +105,11 @@ class Cluster:
 
     def __init__(self, root: Path, server_env: dict[str, str], client_env: dict[str, str]):
         self.root = root
-        self.ledger = root / "ledger"
-        self.client = Node("client", root / "client", client_env)
+        self.shared = root / "shared"  # what jobs may write to besides their folder (and read: gates)
+        self.shared.mkdir(parents=True, exist_ok=True)
+        self.shared.chmod(0o777)  # jobs run as another user when the client runs as root
+        self.ledger = self.shared / "ledger"
+        self.client = Node("client", root / "client", {"JOB_WRITE_PATHS": str(self.shared), **client_env})
         self.server = Node(
             "server",
             root / "server",
@@ -127,7 +131,7 @@ class Cluster:
         self.server.stop()
         self.client.stop()
         # Runs of run.sh outlive a client by design: end those the test left behind (their wrappers name
-        # files in the client's folder; each leads its run's process group).
+        # files in the client's folder; each leads its run's process group, and its sandbox dies with it).
         found = subprocess.run(["pgrep", "-f", str(self.client.folder)], capture_output=True, text=True)
         for pid in map(int, found.stdout.split()):
             try:

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 from tornado.httputil import responses
 from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
@@ -60,9 +61,10 @@ class BaseHandler(RequestHandler):
         else:
             super().log_exception(typ, value, tb)
 
-    async def stream_file(self, path: Path, content_type: str, filename: str | None = None) -> None:
-        """Answer with the file at `path` in chunks, so memory stays flat whatever its size."""
-        with open(path, "rb") as source:
+    async def stream_file(self, file: Path | BinaryIO, content_type: str, filename: str | None = None) -> None:
+        """Answer with a file (its path, or the file open for reading, which is closed) in chunks, so memory stays
+        flat whatever its size."""
+        with open(file, "rb") if isinstance(file, Path) else file as source:
             self.set_header("Content-Type", content_type)
             self.set_header("Content-Length", os.fstat(source.fileno()).st_size)
             if filename:

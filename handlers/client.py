@@ -135,11 +135,8 @@ class RetrievePartial(PayloadHandler):
             content: {application/json: {schema: {$ref: "#/components/schemas/StatusBody"}}}
         """
         payload = self.payload(payload_id)
-        spool = await payloads.partial_zip(self.ctx, payload)
-        try:
-            await self.stream_file(spool, ZIP_TYPE, f"payload-{payload.id}-partial.zip")
-        finally:
-            spool.unlink(missing_ok=True)
+        zipped = await payloads.partial_zip(self.ctx, payload)
+        await self.stream_file(zipped, ZIP_TYPE, f"payload-{payload.id}-partial.zip")
 
     head = get
 
