@@ -24,21 +24,27 @@ MAX_ID = 2**32 - 1  # ids are unsigned 32-bit numbers in the original's paths
 class BaseHandler(RequestHandler):
     """Errors, whatever raised them, answer `{"id", "status", "message"}` as JSON, never a traceback.
 
-    A handler with `protected = True` answers only calls that carry ORCH_TOKEN (when one is set) as
-    `Authorization: Bearer <token>`, compared in constant time.
+    Calls must carry one of the handler's `tokens()` (when there are any) as `Authorization: Bearer <token>`,
+    compared in constant time: on a server, every endpoint but the `public` ones needs one of API_TOKEN's.
     """
 
-    protected = False
+    public = False  # answers without a token: ping, health, the API documentation
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    def tokens(self) -> list[str]:
+        """The tokens a call may carry; none: no token needed."""
+        return self.ctx.config.api_tokens if self.ctx.config.mode == "server" and not self.public else []
+
     def prepare(self) -> None:
-        token = self.ctx.config.orch_token
-        if self.protected and token:
-            given = self.request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise Unauthorized("missing or wrong token: calls to a client need ORCH_TOKEN")
+        tokens = self.tokens()
+        if tokens:
+            given = self.request.headers.get("Authorization", "").encode()
+            # Every token is compared, so the time taken does not tell which one came close.
+            if not sum(hmac.compare_digest(given, f"Bearer {token}".encode()) for token in tokens):
+                setting = "API_TOKEN" if self.ctx.config.mode == "server" else "ORCH_TOKEN"
+                raise Unauthorized(f"missing or wrong token: calls to this {self.ctx.config.mode} need {setting}")
 
     def compute_etag(self) -> None:
         """No ETags: answers are statuses that change, and zips are sent once; hashing each costs time."""

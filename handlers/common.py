@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from peewee import Database, PeeweeException
-from tornado.web import RedirectHandler, StaticFileHandler, url
+from tornado.web import HTTPError, RedirectHandler, StaticFileHandler, url
 from tornado_swagger.const import API_OPENAPI_3
 from tornado_swagger.setup import export_swagger
 
@@ -53,6 +53,8 @@ ERRORS = {
 
 
 class Ping(BaseHandler):
+    public = True
+
     def get(self) -> None:
         """Ping.
 
@@ -68,6 +70,8 @@ class Ping(BaseHandler):
 
 
 class Health(BaseHandler):
+    public = True
+
     def initialize(self, ctx: Context, db: Database) -> None:
         super().initialize(ctx)
         self.db = db
@@ -97,6 +101,8 @@ class Health(BaseHandler):
 
 
 class Spec(BaseHandler):
+    public = True
+
     def initialize(self, ctx: Context, spec: dict) -> None:
         super().initialize(ctx)
         self.spec = spec
@@ -107,6 +113,11 @@ class Spec(BaseHandler):
 
 class SwaggerAssets(StaticFileHandler):
     """The Swagger UI, served from `static/` (compute clusters are often offline: no CDN)."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:  # the file system cannot even look such a name up
+            raise HTTPError(400, "a path may not hold a NUL character")
+        return super().parse_url_path(url_path)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.clear()

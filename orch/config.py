@@ -92,10 +92,16 @@ class Config:
     job_network: str = "host"
     job_read_paths: str = ""
     job_write_paths: str = ""
+    api_token: str = ""
     # Not read from variables: the mode, the --insecure flag, and what is derived from other settings.
     insecure: bool = False
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     job_environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_tokens(self) -> list[str]:
+        """The tokens that portals may call the server's API with (API_TOKEN, comma-separated); none: open."""
+        return split(self.api_token)
 
     @property
     def job_user_names(self) -> list[str]:
@@ -210,6 +216,9 @@ def validate(config: Config) -> None:
         raise ValueError("HTTP_TIMEOUT must be longer than KILL_GRACE, or terminations time out before a kill ends")
     if config.orch_token and not re.fullmatch(r"[\x21-\x7e]+", config.orch_token):
         raise ValueError("ORCH_TOKEN must be printable ASCII without spaces (it travels in an HTTP header)")
+    for token in config.api_tokens:
+        if not re.fullmatch(r"[\x21-\x7e]+", token):
+            raise ValueError("API_TOKEN must be printable ASCII tokens without spaces, separated by commas")
     if config.sandbox not in SANDBOXES:
         raise ValueError(f"SANDBOX must be one of {', '.join(SANDBOXES)}, got {config.sandbox!r}")
     if config.job_network not in NETWORKS:

@@ -19,11 +19,13 @@ from pathlib import Path
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from orch.errors import BadRequest
+from orch.errors import BadRequest, PayloadTooLarge
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME_BYTES = 255
 MAX_FIELD_SIZE = 64 * 1024
+MAX_FIELDS = 100  # text fields in one body
+MAX_TEXT_SIZE = 1024 * 1024  # bytes of text fields in one body, all together
 COPY_CHUNK = 1024 * 1024
 ZIP_LEVEL = 1  # fast deflate: results are mostly text that shrinks well even at the lowest level
 SAMPLE_FROM = 1024 * 1024  # files from this size are sampled before being compressed
@@ -70,7 +72,8 @@ class MultipartReceiver:
     """Parses a multipart/form-data body fed chunk by chunk: parts with a filename are streamed into
     `folder` under their safe base name (a repeated name overwrites), other parts are text fields.
 
-    Memory stays flat whatever the size of the files; text fields are limited to MAX_FIELD_SIZE.
+    Memory stays flat whatever the size of the files: text fields are limited to MAX_FIELD_SIZE each,
+    MAX_FIELDS in number and MAX_TEXT_SIZE in all (the parser limits the headers of parts).
     """
 
     def __init__(self, content_type: str, folder: Path):
@@ -103,6 +106,8 @@ class MultipartReceiver:
         self._file = None
         self._field_name: str | None = None
         self._value = bytearray()
+        self._text_size = 0
+        self._field_count = 0
 
     def feed(self, chunk: bytes) -> None:
         """Parse the next chunk of the body. Raises BadRequest on a malformed body."""
@@ -156,12 +161,18 @@ class MultipartReceiver:
             self._file = open(self.folder / name, "wb")  # closed in _part_end or close()
             self.files.append(name)
         else:
+            self._field_count += 1
+            if self._field_count > MAX_FIELDS:
+                raise BadRequest(f"more than {MAX_FIELDS} text fields")
             self._field_name = params.get(b"name", b"").decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file is not None:
             self._file.write(memoryview(data)[start:end])
             return
+        self._text_size += end - start
+        if self._text_size > MAX_TEXT_SIZE:
+            raise PayloadTooLarge(f"the text fields take more than {MAX_TEXT_SIZE} bytes in all")
         self._value += data[start:end]
         if len(self._value) > MAX_FIELD_SIZE:
             raise BadRequest(f"field {self._field_name!r} is larger than {MAX_FIELD_SIZE} bytes")
