@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from bench import bigfiles, latency, queue_scale, running, throughput, uploads
+from bench import bigfiles, latency, queue_scale, running, sandbox, throughput, uploads
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -12,6 +12,7 @@ BENCHMARKS = {
     "queue": queue_scale,
     "uploads": uploads,
     "running": running,
+    "sandbox": sandbox,
 }
 
 

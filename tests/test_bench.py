@@ -3,7 +3,7 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 
 import pytest
 
-from bench import bigfiles, harness, latency, queue_scale, running, soak, throughput, uploads
+from bench import bigfiles, harness, latency, queue_scale, running, sandbox, soak, throughput, uploads
 from orch.models import server_db
 
 pytestmark = pytest.mark.slow
@@ -62,3 +62,9 @@ async def test_running(capsys):
     result = await running.measure(jobs=5, seconds=0.3)
     assert result["server"] >= 0 and result["client"] >= 0
     assert "of a core" in capsys.readouterr().out
+
+
+async def test_sandbox(capsys):
+    result = await sandbox.measure(jobs=3)
+    assert result["sandboxed"] > 0 and result["floor"] > 0
+    assert "cost per job" in capsys.readouterr().out
