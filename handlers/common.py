@@ -43,7 +43,8 @@ PAYLOAD = {
 # Error answers that several endpoints share, referred to as `$ref: "#/components/responses/<name>"`.
 ERRORS = {
     "BadId": "The id is not a number.",
-    "Unauthorized": "ORCH_TOKEN is set and the call does not carry it.",
+    "Unauthorized": "A token is needed (ORCH_TOKEN on a client, API_TOKEN on a server) and the call carries none "
+    "of them.",
     "NoSuchJob": "No such job.",
     "NoSuchPayload": "No such payload.",
     "Gone": "The X-Orchestrator-Job or X-Orchestrator-Instance header names another job or client instance than "
