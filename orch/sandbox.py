@@ -76,13 +76,12 @@ class Sandbox:
     def environment(self, env: dict[str, str], user: JobUser | None) -> dict[str, str]:
         """`env` (the variables JOB_ENV passes) made true for the job: a user's USER, LOGNAME and HOME are the
         job user's, and in a sandbox HOME and TMPDIR are its own /tmp."""
-        env = dict(env)
+        own = {}
         if user is not None:
-            env.update({name: value for name, value in (("USER", user.name), ("LOGNAME", user.name)) if name in env})
-            env.update({"HOME": user.home} if "HOME" in env else {})
+            own.update(USER=user.name, LOGNAME=user.name, HOME=user.home)
         if self.bwrap is not None:
-            env.update({name: "/tmp" for name in ("HOME", "TMPDIR") if name in env})
-        return env
+            own.update(HOME="/tmp", TMPDIR="/tmp")
+        return {name: own.get(name, value) for name, value in env.items()}
 
     def free_user(self, running: list[Path]) -> JobUser | None:
         """The user the next payload runs as: JOB_USER, or the first of the JOB_USERS pool whom none of the
@@ -208,8 +207,8 @@ def _users(config: Config) -> tuple[JobUser, ...]:
 
 
 def _paths(config: Config, name: str) -> tuple[str, ...]:
-    """The folders JOB_READ_PATHS or JOB_WRITE_PATHS names, checked: they exist, and neither hold nor lie in the
-    client's data folder or database."""
+    """The folders JOB_READ_PATHS or JOB_WRITE_PATHS names (where jobs find them: as given), checked: they exist,
+    and neither hold nor lie in the client's data folder or database, wherever links lead."""
     variable = variable_name(name)
     private = (config.data_path.resolve(), config.db_path.resolve())
     paths = []
@@ -220,7 +219,7 @@ def _paths(config: Config, name: str) -> tuple[str, ...]:
         real = path.resolve()
         if any(real == own or real in own.parents or own in real.parents for own in private):
             raise ValueError(f"{variable} names {raw!r}, which would show jobs the client's DATA_PATH or DB_PATH")
-        paths.append(str(real))
+        paths.append(str(path))
     return tuple(paths)
 
 
