@@ -105,13 +105,13 @@ class Sandbox:
             for name in dirnames + filenames:
                 os.chown(name, user.uid, user.gid, dir_fd=dirfd, follow_symlinks=False)
         os.chown(folder, user.uid, user.gid, follow_symlinks=False)
-        os.chmod(folder, 0o700, follow_symlinks=False)
+        os.chmod(folder, 0o700)
 
     def take_back(self, folder: Path) -> None:
         """Give a payload's folder back to the client once its run is over: no job user can enter it again."""
         if self.users and folder.is_dir():
             os.chown(folder, os.getuid(), os.getgid(), follow_symlinks=False)
-            os.chmod(folder, 0o700, follow_symlinks=False)
+            os.chmod(folder, 0o700)
 
 
 def of(ctx: Context) -> Sandbox:
