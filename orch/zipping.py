@@ -4,13 +4,14 @@ else that runs off the IOLoop, so that big results never hold up another job's s
 Two lanes of ZIP_THREADS threads each: folders up to SMALL_FOLDER bytes go to the quick lane, bigger ones to the
 bulk lane, so a trivial result is never queued behind gigabytes. One zip per payload at a time; partial zips of
 a payload are shared: one built at most every PARTIAL_EVERY seconds serves every download meanwhile. A zip can be
-stopped (its job is killed, or its walltime runs out): it then ends within a chunk, leaving nothing.
+stopped (its job is killed, or its walltime runs out): it then ends within a chunk, or leaves its lane's queue at
+once, leaving nothing.
 """
 
 import asyncio
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +23,21 @@ SMALL_FOLDER = 64 * 1024 * 1024  # bytes of regular files: up to this, a folder 
 PARTIAL_EVERY = 5.0  # seconds a partial zip is served again before a new one is built
 
 
+class Stop:
+    """The stop of a result's zip: an event its thread looks at between chunks, and its place in a lane's queue,
+    given up at once (a stopped zip does not wait for a thread only to end)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.queued: Future | None = None
+        self.expired = False  # stopped by its deadline
+
+    def halt(self) -> None:
+        self.event.set()
+        if self.queued is not None:
+            self.queued.cancel()  # nothing if its thread has it already: the event stops it
+
+
 class Zips:
     """This process's zipping threads, and what each payload is zipping."""
 
@@ -29,13 +45,13 @@ class Zips:
         self.quick = ThreadPoolExecutor(ZIP_THREADS, "zip-quick")
         self.bulk = ThreadPoolExecutor(ZIP_THREADS, "zip-bulk")
         self.locks: dict[int, tuple[asyncio.Lock, int]] = {}  # payload id -> its lock, how many hold or wait
-        self.stops: dict[int, threading.Event] = {}  # payload id -> the stop of its result's zip
+        self.stops: dict[int, Stop] = {}  # payload id -> the stop of its result's zip
         self.partials: dict[int, float] = {}  # payload id -> when its partial zip was built
 
     def close(self) -> None:
         """Stop every zip under way and let the threads go."""
         for stop in self.stops.values():
-            stop.set()
+            stop.halt()
         for pool in (self.quick, self.bulk):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -48,12 +64,11 @@ async def result(ctx: Context, payload_id: int, folder: Path, dest: Path, deadli
     """Zip `folder` into `dest`. Raises storage.ZipStopped when `stop` is called for the payload meanwhile,
     TimeoutError (leaving nothing) when the clock passes `deadline` first, OSError when it cannot be written."""
     zips = _zips(ctx)
-    stop = zips.stops[payload_id] = threading.Event()
-    expired = threading.Event()
+    stop = zips.stops[payload_id] = Stop()
 
     def expire() -> None:
-        expired.set()
-        stop.set()
+        stop.expired = True
+        stop.halt()
 
     timer = None
     if deadline is not None:
@@ -62,7 +77,7 @@ async def result(ctx: Context, payload_id: int, folder: Path, dest: Path, deadli
         async with _one_at_a_time(zips, payload_id):
             await _zip(zips, folder, dest, stop)
     except storage.ZipStopped:
-        if expired.is_set():
+        if stop.expired:
             raise TimeoutError() from None
         raise
     finally:
@@ -73,9 +88,9 @@ async def result(ctx: Context, payload_id: int, folder: Path, dest: Path, deadli
 
 def stop(ctx: Context, payload_id: int) -> None:
     """Stop the zip of the payload's result, if one is under way."""
-    event = _zips(ctx).stops.get(payload_id)
-    if event is not None:
-        event.set()
+    entry = _zips(ctx).stops.get(payload_id)
+    if entry is not None:
+        entry.halt()
 
 
 async def partial(ctx: Context, payload_id: int, folder: Path, dest: Path) -> BinaryIO:
@@ -97,11 +112,21 @@ def forget_partial(ctx: Context, payload_id: int, dest: Path) -> None:
     dest.unlink(missing_ok=True)
 
 
-async def _zip(zips: Zips, folder: Path, dest: Path, stop: threading.Event | None) -> None:
+async def _zip(zips: Zips, folder: Path, dest: Path, stop: Stop | None) -> None:
     loop = asyncio.get_running_loop()
     size = await loop.run_in_executor(zips.quick, _size_up_to, folder, SMALL_FOLDER + 1)
     lane = zips.quick if size <= SMALL_FOLDER else zips.bulk
-    await loop.run_in_executor(lane, storage.zip_folder, folder, dest, stop)
+    work = lane.submit(storage.zip_folder, folder, dest, None if stop is None else stop.event)
+    if stop is not None:
+        stop.queued = work
+        if stop.event.is_set():
+            work.cancel()
+    try:
+        await asyncio.wrap_future(work)
+    except asyncio.CancelledError:
+        if stop is not None and stop.event.is_set() and work.cancelled():
+            raise storage.ZipStopped() from None  # it left the queue before a thread took it
+        raise
 
 
 def _size_up_to(folder: Path, limit: int) -> int:
