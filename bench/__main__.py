@@ -9,7 +9,7 @@ import argparse
 import asyncio
 from contextlib import ExitStack
 
-from bench import bigfiles, clients, databases, latency, queue_scale, running, throughput, uploads
+from bench import bigfiles, clients, databases, latency, queue_scale, running, sandbox, throughput, uploads
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "uploads": uploads,
     "running": running,
     "clients": clients,
+    "sandbox": sandbox,
 }
 ON_BOTH = {"queue", "uploads"}  # the benchmarks that run on PostgreSQL too
 

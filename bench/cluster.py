@@ -1,9 +1,9 @@
 """A cluster of real `orchestrator.py` processes (one server, one client or more) that the soak benchmark and the
 fault tests kill, stop and restart.
 
-Every job's run.sh appends its tag (and the folder it runs in) to a ledger outside its folder, so that what ran,
-and where, can be counted: submitted, finished, lost (submitted but not finished), and run twice (a tag more than
-once in the ledger).
+Every job's run.sh appends its tag (and the folder it runs in) to a ledger outside its folder (in a folder the
+clients let jobs write to), so that what ran, and where, can be counted: submitted, finished, lost (submitted but
+not finished), and run twice (a tag more than once in the ledger).
 """
 
 import json
@@ -117,9 +117,12 @@ class Cluster:
 
     def __init__(self, root: Path, server_env: dict[str, str], client_env: dict[str, str], clients: int = 1):
         self.root = root
-        self.ledger = root / "ledger"
-        self.client_env = client_env
-        self.clients = [Node("client", root / f"client{n or ''}", client_env) for n in range(clients)]
+        self.shared = root / "shared"  # what jobs may write to besides their folder (and read: gates)
+        self.shared.mkdir(parents=True, exist_ok=True)
+        self.shared.chmod(0o777)  # jobs run as another user when the client runs as root
+        self.ledger = self.shared / "ledger"
+        self.client_env = {"JOB_WRITE_PATHS": str(self.shared), **client_env}
+        self.clients = [Node("client", root / f"client{n or ''}", self.client_env) for n in range(clients)]
         self.client = self.clients[0]
         if clients == 1:
             service = {

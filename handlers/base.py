@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 from tornado.httputil import responses
 from tornado.web import Finish, HTTPError, RequestHandler, stream_request_body
@@ -21,22 +22,27 @@ MAX_ID = 2**32 - 1  # ids are unsigned 32-bit numbers in the original's paths
 class BaseHandler(RequestHandler):
     """Errors, whatever raised them, answer `{"id", "status", "message"}` as JSON, never a traceback.
 
-    A handler with `protected = True` answers only calls that carry ORCH_TOKEN (when one is set) as
-    `Authorization: Bearer <token>`, compared in constant time.
+    Calls must carry one of the handler's `tokens()` (when there are any) as `Authorization: Bearer <token>`,
+    compared in constant time: on a server, every endpoint but the `public` ones needs one of API_TOKEN's.
     """
 
-    protected = False
+    public = False  # answers without a token: ping, health, the API documentation
     error_message = ""  # the message of the error answered, for the access line
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    def tokens(self) -> tuple[str, list[str]]:
+        """The setting that holds the tokens a call may carry, and them (none: no token needed)."""
+        return "API_TOKEN", (self.ctx.config.api_tokens if self.ctx.config.mode == "server" and not self.public else [])
+
     def prepare(self) -> None:
-        token = self.ctx.config.orch_token
-        if self.protected and token:
-            given = self.request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise Unauthorized("missing or wrong token: calls to a client need ORCH_TOKEN")
+        setting, tokens = self.tokens()
+        if tokens:
+            given = self.request.headers.get("Authorization", "").encode()
+            # Every token is compared, so the time taken does not tell which one came close.
+            if not sum(hmac.compare_digest(given, f"Bearer {token}".encode()) for token in tokens):
+                raise Unauthorized(f"missing or wrong token: calls to this {self.ctx.config.mode} need {setting}")
 
     def compute_etag(self) -> None:
         """No ETags: answers are statuses that change, and zips are sent once; hashing each costs time."""
@@ -60,9 +66,10 @@ class BaseHandler(RequestHandler):
         if not isinstance(value, OrchError | HTTPError):
             super().log_exception(typ, value, tb)
 
-    async def stream_file(self, path: Path, content_type: str, filename: str | None = None) -> None:
-        """Answer with the file at `path` in chunks, so memory stays flat whatever its size."""
-        with open(path, "rb") as source:
+    async def stream_file(self, file: Path | BinaryIO, content_type: str, filename: str | None = None) -> None:
+        """Answer with a file (its path, or the file open for reading, which is closed) in chunks, so memory stays
+        flat whatever its size."""
+        with open(file, "rb") if isinstance(file, Path) else file as source:
             self.set_header("Content-Type", content_type)
             self.set_header("Content-Length", os.fstat(source.fileno()).st_size)
             if filename:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 
 import psutil
 from tornado.web import url
@@ -20,7 +21,8 @@ class PayloadHandler(BaseHandler):
     which job it means (request headers): if this is not that payload, it is refused (410) before anything
     is done. Answers name the instance and the payload's job, for the server to check in turn."""
 
-    protected = True
+    def tokens(self) -> tuple[str, list[str]]:
+        return "ORCH_TOKEN", [self.ctx.config.orch_token] if self.ctx.config.orch_token else []
 
     def payload(self, raw_id: str) -> Payload:
         """The payload whose id is in the path, named in the answer; BadRequest, NotFound, or Gone when the
@@ -144,11 +146,8 @@ class RetrievePartial(PayloadHandler):
                 example: {id: 42, status: Cleaned, message: "Payload 42 has no files any more (Cleaned)"}
         """
         payload = self.payload(payload_id)
-        spool = await payloads.partial_zip(self.ctx, payload)
-        try:
-            await self.stream_file(spool, ZIP_TYPE, f"payload-{payload.id}-partial.zip")
-        finally:
-            spool.unlink(missing_ok=True)
+        zipped = await payloads.partial_zip(self.ctx, payload)
+        await self.stream_file(zipped, ZIP_TYPE, f"payload-{payload.id}-partial.zip")
 
     head = get
 
@@ -232,8 +231,8 @@ class Events(PayloadHandler):
     def query(self) -> tuple[int | None, float]:
         """`after` and `wait` from the query string; BadRequest when out of range."""
         after = self.get_argument("after", None)
-        if after is not None and not after.isdigit():
-            raise BadRequest("after must be a whole number")
+        if after is not None and not re.fullmatch(r"[0-9]{1,18}", after):
+            raise BadRequest("after must be a whole number of at most 18 digits")
         try:
             wait = float(self.get_argument("wait", str(EVENTS_WAIT)))
         except ValueError:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from peewee import Database, PeeweeException
-from tornado.web import RedirectHandler, StaticFileHandler, url
+from tornado.web import HTTPError, RedirectHandler, StaticFileHandler, url
 
 from handlers import monitoring
 from handlers.base import BaseHandler, error_body
@@ -25,6 +25,8 @@ SPEC_URL = "/api-docs/openapi.json"
 
 
 class Ping(BaseHandler):
+    public = True
+
     def get(self) -> None:
         """Ping.
 
@@ -40,6 +42,8 @@ class Ping(BaseHandler):
 
 
 class Health(BaseHandler):
+    public = True
+
     def initialize(self, ctx: Context, db: Database) -> None:
         super().initialize(ctx)
         self.db = db
@@ -71,6 +75,8 @@ class Health(BaseHandler):
 
 
 class Spec(BaseHandler):
+    public = True
+
     def initialize(self, ctx: Context, spec: dict) -> None:
         super().initialize(ctx)
         self.spec = spec
@@ -82,6 +88,8 @@ class Spec(BaseHandler):
 class Favicon(BaseHandler):
     """`/favicon.ico`, which browsers ask every page for: Swagger's icon (rather than a 404 in the log)."""
 
+    public = True
+
     def get(self) -> None:
         self.set_header("Content-Type", "image/png")
         self.set_header("Cache-Control", "max-age=86400")
@@ -91,6 +99,11 @@ class Favicon(BaseHandler):
 class Assets(StaticFileHandler):
     """Files served from `static/` (Swagger UI, the dashboard): compute clusters are often offline, so no CDN.
     Errors answer the API's JSON body."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:  # the file system cannot even look such a name up
+            raise HTTPError(400, "a path may not hold a NUL character")
+        return super().parse_url_path(url_path)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.clear()

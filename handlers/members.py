@@ -11,9 +11,10 @@ from orch.errors import BadRequest, Forbidden
 
 
 class Announce(BaseHandler):
-    """Announcements need the server's ORCH_TOKEN; a server without one takes none."""
+    """Announcements need the server's ORCH_TOKEN (not a portal's API_TOKEN); a server without one takes none."""
 
-    protected = True
+    def tokens(self) -> tuple[str, list[str]]:
+        return "ORCH_TOKEN", [self.ctx.config.orch_token]
 
     def prepare(self) -> None:
         if not self.ctx.config.orch_token:

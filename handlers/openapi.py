@@ -130,7 +130,7 @@ ERRORS = {
     "BadId": ("The id is not a number.", 0, "Invalid id 'abc': expected a whole number"),
     "BadQuery": ("A parameter is unknown or wrong.", 0, "limit must be between 1 and 1000, got 0"),
     "Unauthorized": (
-        "The call does not carry the token.",
+        "A token is needed (ORCH_TOKEN on a client, API_TOKEN on a server) and the call carries none of them.",
         0,
         "missing or wrong token: calls to a client need ORCH_TOKEN",
     ),

@@ -40,6 +40,7 @@ class Upload(UploadHandler):
                   user_id: {type: integer, format: int32, description: Who submits the job (quotas are per user).}
                   service: {type: string, description: "A configured service, e.g. example."}
         responses:
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "201":
             description: Queued.
             content:
@@ -69,6 +70,7 @@ class Download(BaseHandler):
         parameters:
           - {name: job_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
             description: The result zip when the job is Completed; otherwise its status, with the reason
               in `message` for Failed, Invalid and Unknown.
@@ -102,6 +104,7 @@ class DownloadPartial(BaseHandler):
         parameters:
           - {name: job_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
             description: A zip of the job's folder on its client.
             content: {application/zip: {schema: {type: string, format: binary}}}
@@ -147,6 +150,7 @@ class Terminate(BaseHandler):
         parameters:
           - {name: job_id, in: path, required: true, schema: {type: integer, minimum: 0, maximum: 4294967295}}
         responses:
+          "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
             description: The job is Killed.
             content:

@@ -22,6 +22,7 @@ SERVICE_SETTINGS = (
     "MAX_RUNS",
     "TIMEOUT",
     "RETRY_LOST",
+    "NETWORK",
 )
 SERVICE_VARIABLE = re.compile(rf"SERVICE_(?P<name>[A-Za-z0-9_]+?)_(?P<setting>{'|'.join(SERVICE_SETTINGS)})")
 
@@ -75,6 +76,7 @@ class ServiceConfig:
     max_runs: int = 10
     timeout: int | None = None  # walltime of a job in seconds; None: no limit
     retry_lost: int = 0  # times a job lost with its client is queued again (its runs are then at least once)
+    network: bool = True  # False: its jobs run with the network cut (on clients with a sandbox)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,13 @@ class Config:
     slots: int = 1  # the default is the number of CPUs (see `load`)
     server_url: str = ""
     advertise_url: str = ""
+    sandbox: str = "auto"
+    job_user: str = "nobody"
+    job_users: str = ""
+    job_network: str = "host"
+    job_read_paths: str = ""
+    job_write_paths: str = ""
+    api_token: str = ""
     # Not read from variables: the mode, the --insecure flag, and what is derived from other settings.
     insecure: bool = False
     # Server: the configured services (SERVICE_<NAME>_*). Client: those it joins at SERVER_URL (SERVICES).
@@ -131,6 +140,16 @@ class Config:
         return self.mode == "server" and bool(self.db_url)
 
     @property
+    def api_tokens(self) -> list[str]:
+        """The tokens that portals may call the server's API with (API_TOKEN, comma-separated); none: open."""
+        return split(self.api_token)
+
+    @property
+    def job_user_names(self) -> list[str]:
+        """Who payloads run as when the client runs as root: the pool JOB_USERS, else JOB_USER."""
+        return expand_users(self.job_users) if self.job_users else [self.job_user]
+
+    @property
     def tmp_path(self) -> Path:
         """Scratch space beside the job folders (uploads being received, downloads, partial zips); emptied
         at start."""
@@ -146,6 +165,11 @@ MODE_DEFAULTS = {
     "client": {"host": "127.0.0.1", "port": 9000, "db_path": "client.sqlite", "data_path": "data/client"},
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SANDBOXES = ("auto", "bwrap", "none")
+NETWORKS = ("host", "none")
+USER_RANGE = re.compile(r"(?P<prefix>[a-z_][a-z0-9_-]*?)(?P<first>[0-9]+)\.\.(?P<last>[0-9]+)")
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]*[$]?")
+MAX_JOB_USERS = 1000
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -179,7 +203,7 @@ def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None
         parsed[path_name] = Path(parsed[path_name]).expanduser().absolute()
     services = parse_services(env) if mode == "server" else joined_services(values.get("SERVICES", ""))
     # What a job gets of the client's environment: only the variables JOB_ENV names (never its token).
-    passed = [name.strip() for name in parsed["job_env"].split(",") if name.strip()]
+    passed = split(parsed["job_env"])
     job_environment = {name: env[name] for name in passed if name in env}
     config = Config(mode=mode, services=services, insecure=insecure, job_environment=job_environment, **parsed)
     validate(config)
@@ -203,6 +227,8 @@ def _parse(name: str, raw: str, kind: type) -> object:
         return BOOLEANS[raw.lower()]
     if kind is str and name == "log_level":
         return raw.upper()
+    if kind is str and name in ("sandbox", "job_network"):
+        return raw.lower()
     return raw
 
 
@@ -234,6 +260,21 @@ def validate(config: Config) -> None:
         check_db_url(config.db_url)
     if config.orch_token and not re.fullmatch(r"[\x21-\x7e]+", config.orch_token):
         raise ValueError("ORCH_TOKEN must be printable ASCII without spaces (it travels in an HTTP header)")
+    for token in config.api_tokens:
+        if not re.fullmatch(r"[\x21-\x7e]+", token):
+            raise ValueError("API_TOKEN must be printable ASCII tokens without spaces, separated by commas")
+    if config.sandbox not in SANDBOXES:
+        raise ValueError(f"SANDBOX must be one of {', '.join(SANDBOXES)}, got {config.sandbox!r}")
+    if config.job_network not in NETWORKS:
+        raise ValueError(f"JOB_NETWORK must be one of {', '.join(NETWORKS)}, got {config.job_network!r}")
+    if not USER_NAME.fullmatch(config.job_user):
+        raise ValueError(f"JOB_USER must be a user name, got {config.job_user!r}")
+    if config.job_users:
+        expand_users(config.job_users)  # ValueError naming JOB_USERS
+    for name in ("job_read_paths", "job_write_paths"):
+        for path in split(getattr(config, name)):
+            if not path.startswith("/"):
+                raise ValueError(f"{variable_name(name)} must list absolute paths, got {path!r}")
     if config.mode == "client" and not config.orch_token and not config.insecure and not is_loopback(config.host):
         raise ValueError(
             f"HOST is {config.host}, so anyone who reaches this client could run code on it: set "
@@ -289,6 +330,31 @@ def check_db_url(url: str) -> None:
         )
 
 
+def split(raw: str) -> list[str]:
+    """The items of a comma-separated setting, stripped, without empty ones."""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def expand_users(raw: str) -> list[str]:
+    """The user names of a JOB_USERS value: names and ranges, comma-separated (`orch-slot1..8` is orch-slot1 to
+    orch-slot8). Raises ValueError naming JOB_USERS."""
+    names: list[str] = []
+    for item in split(raw):
+        match = USER_RANGE.fullmatch(item)
+        if match:
+            first, last = int(match["first"]), int(match["last"])
+            if first > last or last - first >= MAX_JOB_USERS:
+                raise ValueError(f"JOB_USERS has a range that goes backwards or is too long: {item!r}")
+            names += [f"{match['prefix']}{number}" for number in range(first, last + 1)]
+        elif USER_NAME.fullmatch(item):
+            names.append(item)
+        else:
+            raise ValueError(f"JOB_USERS must list user names or ranges like orch-slot1..8, got {item!r}")
+    if len(set(names)) != len(names) or len(names) > MAX_JOB_USERS:
+        raise ValueError(f"JOB_USERS must name each user once, and at most {MAX_JOB_USERS}, got {raw!r}")
+    return names
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` only listens on this machine."""
     if host == "localhost":
@@ -321,7 +387,11 @@ def parse_services(env: dict[str, str]) -> dict[str, ServiceConfig]:
 
 def _service(name: str, settings: dict[str, tuple[str, str]]) -> ServiceConfig:
     prefix = f"SERVICE_{name.upper()}_"
-    limits = {}
+    limits: dict[str, object] = {}
+    variable, value = settings.get("NETWORK", (prefix + "NETWORK", "true"))
+    if value.lower() not in BOOLEANS:
+        raise ValueError(f"{variable} must be true or false, got {value!r}")
+    limits["network"] = BOOLEANS[value.lower()]
     for setting, default, least in (("RUNS_PER_USER", "5", 1), ("MAX_RUNS", "10", 1), ("RETRY_LOST", "0", 0)):
         variable, value = settings.get(setting, (prefix + setting, default))
         if not re.fullmatch(r"[0-9]+", value) or int(value) < least:

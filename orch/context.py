@@ -121,8 +121,12 @@ class Context:
         return self.config.tmp_path / self.process if self.config.shares_data else self.config.tmp_path
 
     def close(self) -> None:
-        """Give back what the process holds: its HTTP client and its locks."""
+        """Give back what the process holds: its HTTP client, what its modules' states hold (those with a
+        `close()`), and its locks."""
         if self.http is not None:
             self.http.close()
+        for state in self._states.values():
+            if hasattr(state, "close"):
+                state.close()
         if self.owner is not None:
             self.owner.release()

@@ -161,7 +161,7 @@ def create_job(ctx: Context, fields: dict[str, str], job_folder: Path) -> Job:
     raw_user = fields.get("user_id")
     if raw_user is None:
         raise BadRequest("Missing user_id field")
-    if not re.fullmatch(r"-?[0-9]+", raw_user) or int(raw_user) not in INT32:
+    if not re.fullmatch(r"-?[0-9]{1,10}", raw_user) or int(raw_user) not in INT32:
         raise BadRequest("Invalid user_id, should be a number")
     service = fields.get("service")
     if service is None:

@@ -11,10 +11,10 @@ do not need generated files or a history table, and the steps read as what they 
 
 from collections.abc import Callable
 
-from peewee import CharField, Database, Model
+from peewee import BooleanField, CharField, Database, Model
 from playhouse.migrate import SchemaMigrator, migrate
 
-from orch.models import Abandoned, ClientFact, Job, JoinedClient, Lease, Server, ServerFact, backend
+from orch.models import Abandoned, ClientFact, Job, JoinedClient, Lease, Payload, Server, ServerFact, backend
 
 Step = Callable[[Database, SchemaMigrator], None]
 
@@ -51,10 +51,15 @@ def _client_2(db: Database, migrator: SchemaMigrator) -> None:
     db.create_tables([ClientFact])
 
 
+def _client_3(db: Database, migrator: SchemaMigrator) -> None:
+    """Whether a payload may use the network (a service's jobs may have it cut)."""
+    migrate(migrator.add_column(Payload._meta.table_name, "network", BooleanField(null=True, default=True)))
+
+
 # STEPS[mode][n] brings a database of version n - 1 to version n.
 STEPS: dict[type[Model], dict[int, Step]] = {
     ServerFact: {2: _server_2, 3: _server_3, 4: _server_4, 5: _server_5},
-    ClientFact: {2: _client_2},
+    ClientFact: {2: _client_2, 3: _client_3},
 }
 VERSION = "schema_version"
 

@@ -142,6 +142,9 @@ class Payload(Model):
     status = status_field(PAYLOAD_STATUSES)
     job_key = CharField(null=True, unique=True)  # the server's name for the job: a repeated submit is a no-op
     walltime = FloatField(null=True)  # seconds run.sh may run
+    # False: run.sh runs with its network cut. Nullable only so that adding it keeps SQLite from rebuilding the
+    # table, which would cascade-delete the payloads' history.
+    network = BooleanField(null=True, default=True)
     deadline = FloatField(null=True)  # when it must be stopped (set at start)
     pid = IntegerField(default=0)
     started_at = FloatField(null=True)  # the process's start time: guards against a recycled pid

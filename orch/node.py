@@ -1,8 +1,10 @@
-"""Bringing up one process of either mode: its locks, its database, recovery, and (client) process handling.
+"""Bringing up one process of either mode: its locks, its database, recovery, and (client) process handling and
+the sandbox of its jobs.
 
 Shared by `orchestrator.py` and the tests, so that both start exactly the same way.
 """
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -12,7 +14,7 @@ from peewee import Model
 from tornado.httpclient import AsyncHTTPClient
 from tornado.process import Subprocess
 
-from orch import database, jobs, ownership, payloads, peers, processes
+from orch import database, jobs, ownership, payloads, peers, processes, sandbox
 from orch.config import Config
 from orch.context import Context
 from orch.models import ClientFact, ServerFact
@@ -25,11 +27,17 @@ def open_node(config: Config) -> Context:
     make them consistent; return the context to serve with (`ctx.close()` gives the locks back).
 
     Call it with the IOLoop running (a client installs its SIGCHLD handling on it) and the port already
-    bound, so that a start that fails changes nothing. Raises ValueError with one line naming the setting."""
+    bound, so that a start that fails changes nothing. Raises ValueError with one line naming the setting.
+
+    Everything the process creates from then on (databases, job folders, results) is for its user only (umask
+    077); a client's jobs run as other users only where it hands them their folder."""
+    os.umask(0o077)
     owner = ownership.claim(None if config.db_url else config.db_path, config.data_path, config.shares_data)
     try:
         http = AsyncHTTPClient(force_instance=True, max_clients=100, max_body_size=MAX_RESPONSE_BODY)
         ctx = Context(config, http=http, owner=owner)
+        if config.mode == "client":
+            sandbox.setup(ctx)  # a setting it refuses stops the start before the database is touched
         if config.mode == "server":
             _open(config, database.open_server_db, ServerFact, jobs, "job")
             peers.register(ctx, ctx.clock())

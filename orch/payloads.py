@@ -3,7 +3,8 @@ restart; and the queries that the tasks run.
 
 A payload's folder is `DATA_PATH/<id>/`: the files the server sent, whatever `run.sh` writes, and `run.log`
 (its stdout and stderr). What the client itself keeps about a payload (the exit status the wrapper recorded,
-the result zip) lives in `DATA_PATH/.control/`, out of the folder that the job writes and that gets zipped.
+the result zip, the latest partial zip) lives in `DATA_PATH/.control/` (0700), out of the folder that the job
+writes and that gets zipped, and out of its sandbox.
 """
 
 import asyncio
@@ -12,10 +13,11 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from tornado.ioloop import IOLoop
 
-from orch import ownership, processes, storage
+from orch import ownership, processes, storage, zipping
 from orch.context import Context
 from orch.errors import BadRequest, NotFound
 from orch.models import Payload, client_db, create, fetch, run, set_values, transition
@@ -97,6 +99,10 @@ def result_file(ctx: Context, payload_id: int) -> Path:
     return control_path(ctx) / f"{payload_id}.zip"
 
 
+def partial_file(ctx: Context, payload_id: int) -> Path:
+    return control_path(ctx) / f"{payload_id}.partial.zip"
+
+
 def as_json(ctx: Context, payload: Payload) -> dict:
     """The Payload body the original client sends (`input` stays empty: the files are not echoed back),
     with the reason of its status, its exit code and the job it belongs to."""
@@ -151,18 +157,30 @@ def create_payload(ctx: Context, staging: Path, fields: dict[str, str]) -> Paylo
     """Record a payload Prepared for the files received in `staging`, which becomes its folder.
 
     `fields` may name the job (`job_key`): if a payload of that job exists, it is returned and the files
-    are dropped, so a repeated submit never runs a job twice. `timeout` is its walltime in seconds.
+    are dropped, so a repeated submit never runs a job twice. `timeout` is its walltime in seconds; `network`
+    false cuts its network.
     """
     job_key = fields.get("job_key") or None
     if job_key is not None and not JOB_KEY.fullmatch(job_key):
         raise BadRequest("job_key must be 1 to 128 printable ASCII characters without spaces")
     walltime = _walltime(fields.get("timeout"))
+    network = fields.get("network", "true")
+    if network not in ("true", "false"):
+        raise BadRequest(f"network must be true or false, got {network[:40]!r}")
     existing = run(client_db, BY_JOB_KEY, (job_key,)).fetchone() if job_key else None
     if existing is not None:
         storage.remove(staging)
         return fetch(Payload, existing[0])
     with client_db.atomic():
-        payload = create(Payload, Status.PREPARED, ctx.clock(), reason="submitted", job_key=job_key, walltime=walltime)
+        payload = create(
+            Payload,
+            Status.PREPARED,
+            ctx.clock(),
+            reason="submitted",
+            job_key=job_key,
+            walltime=walltime,
+            network=network == "true",
+        )
         staging.rename(folder(ctx, payload.id))
     ctx.wake("runner")
     return payload
@@ -181,29 +199,25 @@ def _walltime(raw: str | None) -> float | None:
 
 
 async def kill(ctx: Context, payload: Payload) -> Payload:
-    """Stop a payload for good: a Prepared one never starts, a Running one's whole process tree is
-    stopped and the payload is Killed once it is gone. A finished payload is left as it is."""
+    """Stop a payload for good: a Prepared one never starts, a Running one's whole process tree is stopped
+    (and the zip of its result, if it had got that far) and the payload is Killed once it is gone. A finished
+    payload is left as it is."""
     set_values(Payload, payload.id, killed=True)
     status = get(payload.id).status  # read again: no await since `killed` was set, so no start in between
     if status == Status.PREPARED:
         move(ctx, payload.id, Status.PREPARED, Status.KILLED, "killed before it started")
     elif status == Status.RUNNING:
+        zipping.stop(ctx, payload.id)  # a zip that starts later sees `killed` and does not
         await processes.kill_tree(run_of(ctx, payload), ctx.config.kill_grace)
         await ctx.inflight.ended(("run", payload.id))  # the watch of the run records the Killed status
     return get(payload.id)
 
 
-def start_zip(ctx: Context, payload_id: int) -> asyncio.Future:
-    """Start building the result zip of a Completed payload (once) in the control folder."""
-    source, path = folder(ctx, payload_id), result_file(ctx, payload_id)
-    return ctx.inflight.start(("zip", payload_id), lambda: _in_executor(storage.zip_folder, source, path))
-
-
 async def result_zip(ctx: Context, payload: Payload) -> Path:
-    """The zip of a Completed payload's folder (built when it completed, or now)."""
+    """The zip of a Completed payload's folder (built before it completed; rebuilt if it went missing)."""
     path = result_file(ctx, payload.id)
     if not path.exists():
-        await start_zip(ctx, payload.id)
+        await zipping.result(ctx, payload.id, folder(ctx, payload.id), path, None)
     return path
 
 
@@ -231,13 +245,12 @@ async def wait_events(ctx: Context, after: int | None, wait: float) -> tuple[int
     return last, events
 
 
-async def partial_zip(ctx: Context, payload: Payload) -> Path:
-    """A zip of the payload's folder as it is now, in a scratch file that the caller removes."""
+async def partial_zip(ctx: Context, payload: Payload) -> BinaryIO:
+    """A zip of the payload's folder as it is now (or was, at most a few seconds ago: one is shared by every
+    download meanwhile), open for reading; the caller closes it."""
     if not folder(ctx, payload.id).is_dir():
         raise NotFound(f"Payload {payload.id} has no files any more ({payload.status})", payload.id, payload.status)
-    path = storage.scratch_file(ctx.tmp_path, f"partial-{payload.id}", ".zip")
-    await _in_executor(storage.zip_folder, folder(ctx, payload.id), path)
-    return path
+    return await zipping.partial(ctx, payload.id, folder(ctx, payload.id), partial_file(ctx, payload.id))
 
 
 def _in_executor(function, *args) -> asyncio.Future:
@@ -297,7 +310,9 @@ def recover(ctx: Context) -> None:
     files that belong to no live payload quarantined, never deleted. (Running payloads are picked up by the
     runner.)"""
     shutil.rmtree(ctx.tmp_path, ignore_errors=True)
-    control_path(ctx).mkdir(parents=True, exist_ok=True)
+    control_path(ctx).mkdir(mode=0o700, parents=True, exist_ok=True)
+    control_path(ctx).chmod(0o700)  # made 0755 by older versions
+    ctx.data_path.chmod(0o711)  # job users may go through to their folder, not list the others
     kept = {
         str(payload_id) for (payload_id,) in Payload.select(Payload.id).where(Payload.status != Status.CLEANED).tuples()
     }
@@ -309,5 +324,5 @@ def recover(ctx: Context) -> None:
 def _remove_files(ctx: Context, payload_id: int) -> None:
     """Remove everything a payload has on disk (blocking)."""
     storage.remove(folder(ctx, payload_id))
-    exit_file(ctx, payload_id).unlink(missing_ok=True)
-    result_file(ctx, payload_id).unlink(missing_ok=True)
+    for path in (exit_file(ctx, payload_id), result_file(ctx, payload_id), partial_file(ctx, payload_id)):
+        path.unlink(missing_ok=True)

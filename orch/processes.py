@@ -1,10 +1,11 @@
 """Starting and stopping the process tree of a `run.sh`.
 
-Each run starts a small `sh` wrapper in a new session (so its own process group): the wrapper runs
-`bash run.sh` with stdout and stderr in the job's log, then records the script's exit status in a control
-file outside the job folder (read only once the wrapper is gone, so it is whole) and exits with it. The
-client normally learns the status from the wrapper's own exit; the file is how a restarted client learns it
-for a script that ended while it was down.
+Each run starts a small `sh` wrapper in a new session (so its own process group), with stdout and stderr in
+the job's log: the wrapper runs the run's command (`bash run.sh`, in its sandbox and as its user: see
+orch.sandbox), then records its exit status in a control file outside the job folder (read only once the
+wrapper is gone, so it is whole) and exits with it. The wrapper stays outside the sandbox, so the job can
+neither see nor forge that file. The client normally learns the status from the wrapper's own exit; the file
+is how a restarted client learns it for a script that ended while it was down.
 
 Every process of a run inherits ORCHESTRATOR_RUN=<tag>, so that even one that left the process group and the
 tree (a daemon that double-forks) is found and stopped with its run. The client is a child subreaper: runs'
@@ -17,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +27,10 @@ from tornado.process import Subprocess
 
 # The wrapper is plain POSIX sh: where sh is dash, it starts in a third of bash's time, a millisecond or two
 # off every job. `trap : TERM` keeps the wrapper waiting while run.sh handles a SIGTERM (its grace period);
-# a trapped signal, unlike an ignored one, is reset in children, so run.sh still gets it.
-WRAPPER = 'trap : TERM; bash run.sh >"$1" 2>&1 </dev/null; code=$?; printf "%s" "$code" >"$2"; exit "$code"'
+# a trapped signal, unlike an ignored one, is reset in children, so run.sh still gets it. Its arguments: the
+# exit file, then the command.
+WRAPPER = 'umask 077; trap : TERM; exit_file=$1; shift; "$@"; code=$?; printf "%s" "$code" >"$exit_file"; exit "$code"'
+RUN = ("bash", "run.sh")
 POLL = 0.02  # seconds between two looks at a dying process tree
 REAP_TIMEOUT = 5.0  # how long SIGKILLed processes get to disappear
 TAG = "ORCHESTRATOR_RUN"
@@ -42,18 +46,33 @@ class Run:
     tag: str
 
 
-def spawn(folder: Path, log_path: Path, exit_path: Path, env: dict[str, str], tag: str) -> Subprocess:
-    """Start `bash run.sh` in `folder` under the `sh` wrapper, in a new session, with `env` and the run's tag.
-    Raises OSError if it cannot."""
-    return Subprocess(
-        ["sh", "-c", WRAPPER, "orchestrator-job", str(log_path), str(exit_path)],
-        cwd=folder,
-        env={**env, TAG: tag},
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def spawn(
+    folder: Path,
+    log_path: Path,
+    exit_path: Path,
+    env: dict[str, str],
+    tag: str,
+    command: Sequence[str] = RUN,
+    owner: tuple[int, int] | None = None,
+) -> Subprocess:
+    """Start `command` (`bash run.sh`, or it in a sandbox) in `folder` under the `sh` wrapper, in a new session,
+    with `env` and the run's tag, its output in `log_path` (made anew, never through a link, and given to
+    `owner` (uid, gid) if set). Raises OSError if it cannot."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(log, *owner)
+        return Subprocess(
+            ["sh", "-c", WRAPPER, "orchestrator-job", str(exit_path), *command],
+            cwd=folder,
+            env={**env, TAG: tag},
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    finally:
+        os.close(log)
 
 
 def become_subreaper() -> None:
@@ -113,7 +132,7 @@ def find_run(exit_path: Path) -> tuple[int, float] | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[:4] == [b"sh", b"-c", WRAPPER.encode(), b"orchestrator-job"] and str(exit_path).encode() in argv:
+        if argv[:5] == [b"sh", b"-c", WRAPPER.encode(), b"orchestrator-job", str(exit_path).encode()]:
             pid = int(entry.name)
             started_at = start_time(pid)
             if started_at is not None and alive(pid, started_at):

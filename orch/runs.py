@@ -1,5 +1,6 @@
-"""Running payloads (client): starting the run.sh of a Prepared payload, watching it to its end, adopting the
-runs a previous client process started, and recording how each ended."""
+"""Running payloads (client): starting the run.sh of a Prepared payload (in its sandbox, as its user: see
+orch.sandbox), watching it to its end, adopting the runs a previous client process started, zipping the result
+of those that succeed, and recording how each ended."""
 
 import asyncio
 import logging
@@ -7,7 +8,7 @@ import logging
 from tornado.ioloop import IOLoop
 from tornado.process import Subprocess
 
-from orch import payloads, policy, processes
+from orch import payloads, policy, processes, sandbox, storage, zipping
 from orch.context import Context
 from orch.models import Payload
 from orch.states import Status
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 async def start(ctx: Context, payload: Payload, now: float) -> bool:
     """Start a Prepared payload in the round at `now`: Invalid if it cannot run (no run.sh, or the blocklist
     refuses it), Failed if run.sh cannot start, else Running with its process watched until it ends. Returns
-    whether it started (False too if it was killed first)."""
+    whether it started (False too if it was killed first, or if every job user is busy: it waits)."""
     try:
         refusal = await _refusal_of(ctx, payload)
         if refusal:
@@ -53,19 +54,20 @@ async def _refusal_of(ctx: Context, payload: Payload) -> str | None:
 
 
 def _spawn(ctx: Context, payload: Payload, now: float) -> bool:
-    folder = payloads.folder(ctx, payload.id)
+    box = sandbox.of(ctx)
+    user = box.free_user([payloads.folder(ctx, payload_id) for payload_id, _ in payloads.running()])
+    if box.users and user is None:
+        return False  # every job user has a payload running: this one waits for the first to end
     deadline = now + payload.walltime if payload.walltime else None
     # No await from here to the pid being stored: a kill cannot come in between.
     if not payloads.move(ctx, payload.id, Status.PREPARED, Status.RUNNING, now=now, deadline=deadline):
         return False
+    if box.bwrap is None and not payload.network:
+        message = "its service cuts the network of its jobs, and this client runs jobs without a sandbox"
+        payloads.move(ctx, payload.id, Status.RUNNING, Status.FAILED, message, now=now)
+        return False
     try:
-        process = processes.spawn(
-            folder,
-            folder / payloads.LOG,
-            payloads.exit_file(ctx, payload.id),
-            ctx.config.job_environment,
-            payloads.run_of(ctx, payload).tag,
-        )
+        process = launch(ctx, payload, user)
     except OSError as e:
         payloads.move(
             ctx, payload.id, Status.RUNNING, Status.FAILED, f"could not start {payloads.SCRIPT}: {e}", now=now
@@ -74,6 +76,23 @@ def _spawn(ctx: Context, payload: Payload, now: float) -> bool:
     payloads.set_process(payload.id, process.pid, processes.start_time(process.pid))
     ctx.inflight.start(("run", payload.id), lambda: _watch(ctx, payload.id, process))
     return True
+
+
+def launch(ctx: Context, payload: Payload, user: sandbox.JobUser | None) -> Subprocess:
+    """Start the run.sh of a payload as `user` (None: as the client), in its sandbox if the client has one,
+    with its folder handed over to that user. Raises OSError if it cannot."""
+    folder = payloads.folder(ctx, payload.id)
+    box = sandbox.of(ctx)
+    box.hand_over(folder, user)
+    return processes.spawn(
+        folder,
+        folder / payloads.LOG,
+        payloads.exit_file(ctx, payload.id),
+        box.environment(ctx.config.job_environment, user),
+        payloads.run_of(ctx, payload).tag,
+        box.command(folder, user, payload.network, list(processes.RUN)),
+        None if user is None else (user.uid, user.gid),
+    )
 
 
 async def _watch(ctx: Context, payload_id: int, process: Subprocess) -> None:
@@ -88,7 +107,7 @@ async def _watch(ctx: Context, payload_id: int, process: Subprocess) -> None:
         except TimeoutError:
             await processes.kill_tree(payloads.run_of(ctx, payload), ctx.config.kill_grace)
             code = await exited
-    _finish(ctx, payload_id, code)
+    await _finish(ctx, payload_id, code)
 
 
 async def _adopt(ctx: Context, payload_id: int) -> None:
@@ -115,16 +134,32 @@ async def _adopt(ctx: Context, payload_id: int) -> None:
         if payload.deadline is not None and ctx.clock() >= payload.deadline:
             await processes.kill_tree(payloads.run_of(ctx, payloads.get(payload_id)), ctx.config.kill_grace)
         await asyncio.sleep(ctx.config.runner_interval)
-    _finish(ctx, payload_id, processes.read_exit_code(exit_file))
+    await _finish(ctx, payload_id, processes.read_exit_code(exit_file))
 
 
-def _finish(ctx: Context, payload_id: int, code: int | None) -> None:
-    """Record how a run ended: Killed if asked to, Completed on exit status 0, Failed otherwise (with
-    "timeout" in the message when it was stopped at its deadline)."""
+async def _finish(ctx: Context, payload_id: int, code: int | None) -> None:
+    """Record how a run ended: Killed if asked to, Completed on exit status 0 once its result is zipped, Failed
+    otherwise (with "timeout" in the message when it was stopped at its deadline, zipping included)."""
     payload = payloads.get(payload_id)
     processes.kill_leftovers(payloads.run_of(ctx, payload))  # whatever it left running in the background
+    folder = payloads.folder(ctx, payload_id)
+    sandbox.of(ctx).take_back(folder)
+    zip_error = None
+    if code == 0 and not payload.killed:  # no await between this look at `killed` and the zip's start
+        try:
+            await zipping.result(ctx, payload_id, folder, payloads.result_file(ctx, payload_id), payload.deadline)
+        except storage.ZipStopped:
+            pass  # killed: the payload says so
+        except TimeoutError:
+            zip_error = f"timeout: {payloads.SCRIPT} and the zip of its result took longer than {payload.walltime:g} s"
+        except OSError as e:
+            zip_error = f"its result could not be zipped: {e.strerror or e}"
+    zipping.forget_partial(ctx, payload_id, payloads.partial_file(ctx, payload_id))
+    payload = payloads.get(payload_id)
     if payload.killed:
         status, message = Status.KILLED, "killed on request"
+    elif zip_error:
+        status, message = Status.FAILED, zip_error
     elif code == 0:
         status, message = Status.COMPLETED, ""
     elif payload.deadline is not None and ctx.clock() >= payload.deadline:
@@ -138,7 +173,5 @@ def _finish(ctx: Context, payload_id: int, code: int | None) -> None:
         status, message = Status.FAILED, f"{payloads.SCRIPT} was killed by signal {-code}"
     else:
         status, message = Status.FAILED, f"{payloads.SCRIPT} exited with code {code}"
-    moved = payloads.move(ctx, payload_id, Status.RUNNING, status, message, exit_code=code)
+    payloads.move(ctx, payload_id, Status.RUNNING, status, message, exit_code=code)
     ctx.wake("runner")  # its slot is free
-    if moved and status == Status.COMPLETED:
-        payloads.start_zip(ctx, payload_id)  # ready by the time the server asks for it

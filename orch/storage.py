@@ -10,6 +10,7 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 import time
 import zipfile
 import zlib
@@ -18,11 +19,13 @@ from pathlib import Path
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from orch.errors import BadRequest
+from orch.errors import BadRequest, PayloadTooLarge
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME_BYTES = 255
 MAX_FIELD_SIZE = 64 * 1024
+MAX_FIELDS = 100  # text fields in one body
+MAX_TEXT_SIZE = 1024 * 1024  # bytes of text fields in one body, all together
 COPY_CHUNK = 1024 * 1024
 ZIP_LEVEL = 1  # fast deflate: results are mostly text that shrinks well even at the lowest level
 SAMPLE_FROM = 1024 * 1024  # files from this size are sampled before being compressed
@@ -69,7 +72,8 @@ class MultipartReceiver:
     """Parses a multipart/form-data body fed chunk by chunk: parts with a filename are streamed into
     `folder` under their safe base name (a repeated name overwrites), other parts are text fields.
 
-    Memory stays flat whatever the size of the files; text fields are limited to MAX_FIELD_SIZE.
+    Memory stays flat whatever the size of the files: text fields are limited to MAX_FIELD_SIZE each,
+    MAX_FIELDS in number and MAX_TEXT_SIZE in all (the parser limits the headers of parts).
     """
 
     def __init__(self, content_type: str, folder: Path):
@@ -102,6 +106,8 @@ class MultipartReceiver:
         self._file = None
         self._field_name: str | None = None
         self._value = bytearray()
+        self._text_size = 0
+        self._field_count = 0
 
     def feed(self, chunk: bytes) -> None:
         """Parse the next chunk of the body. Raises BadRequest on a malformed body."""
@@ -155,12 +161,18 @@ class MultipartReceiver:
             self._file = open(self.folder / name, "wb")  # closed in _part_end or close()
             self.files.append(name)
         else:
+            self._field_count += 1
+            if self._field_count > MAX_FIELDS:
+                raise BadRequest(f"more than {MAX_FIELDS} text fields")
             self._field_name = params.get(b"name", b"").decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file is not None:
             self._file.write(memoryview(data)[start:end])
             return
+        self._text_size += end - start
+        if self._text_size > MAX_TEXT_SIZE:
+            raise PayloadTooLarge(f"the text fields take more than {MAX_TEXT_SIZE} bytes in all")
         self._value += data[start:end]
         if len(self._value) > MAX_FIELD_SIZE:
             raise BadRequest(f"field {self._field_name!r} is larger than {MAX_FIELD_SIZE} bytes")
@@ -178,34 +190,59 @@ class MultipartReceiver:
         self.complete = True
 
 
-def zip_folder(folder: Path, dest: Path) -> None:
-    """Write a zip of everything under `folder` to `dest`, atomically.
+class ZipStopped(Exception):
+    """A zip was stopped before it was done (its job was killed, or ran out of time)."""
+
+
+def zip_folder(folder: Path, dest: Path, stop: threading.Event | None = None) -> None:
+    """Write a zip of everything under `folder` to `dest`, atomically; raise ZipStopped, leaving nothing, once
+    `stop` is set.
 
     Links are stored as links (their target text), never followed, so a link to a file outside the folder
-    does not ship that file; fifos, sockets and devices are skipped. Blocking: run it in an executor.
+    does not ship that file; fifos, sockets and devices are skipped. Entries are plain relative paths (see
+    `zip_name`) without setuid, setgid or sticky bits. Blocking: run it in an executor.
     """
     tmp = dest.with_name(f".{dest.name}.{new_name()}.tmp")
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as archive:
+            names: set[str] = set()
             for dirpath, dirnames, filenames, dirfd in os.fwalk(folder, follow_symlinks=False):
                 dirnames.sort()
                 prefix = os.path.relpath(dirpath, folder)
                 prefix = "" if prefix == "." else prefix + "/"
                 for name in sorted(dirnames + filenames):
-                    _add_entry(archive, prefix + name, name, dirfd)
+                    if stop is not None and stop.is_set():
+                        raise ZipStopped()
+                    _add_entry(archive, _unique(zip_name(prefix + name), names), name, dirfd, stop)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _add_entry(archive: zipfile.ZipFile, arcname: str, name: str, dirfd: int) -> None:
+def zip_name(path: str) -> str:
+    """A path in a folder as a plain relative path in a zip. Linux names hold no `..` part, but a backslash is a
+    separator to unzip tools on Windows: it is `_` (`..\\..\\evil.txt` -> `.._.._evil.txt`)."""
+    return path.replace("\\", "_")
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """`name`, or `name~2`, `name~3`... when a rewritten name is taken already."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}~{number}"
+    taken.add(candidate)
+    return candidate
+
+
+def _add_entry(archive: zipfile.ZipFile, arcname: str, name: str, dirfd: int, stop: threading.Event | None) -> None:
     try:
         info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except FileNotFoundError:
         return  # removed while we walked (a running job's partial download)
     entry = zipfile.ZipInfo(arcname + ("/" if stat.S_ISDIR(info.st_mode) else ""), _zip_time(info.st_mtime))
     entry.create_system = 3  # unix, so the mode bits below are honoured
-    entry.external_attr = (info.st_mode & 0xFFFF) << 16
+    entry.external_attr = (info.st_mode & ~(stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX) & 0xFFFF) << 16
     if stat.S_ISDIR(info.st_mode):
         archive.writestr(entry, b"")
     elif stat.S_ISLNK(info.st_mode):
@@ -222,7 +259,10 @@ def _add_entry(archive: zipfile.ZipFile, arcname: str, name: str, dirfd: int) ->
             entry.compress_type = _compression(source, info.st_size)
             entry.file_size = info.st_size
             with archive.open(entry, "w", force_zip64=info.st_size > zipfile.ZIP64_LIMIT // 2) as target:
-                shutil.copyfileobj(source, target, COPY_CHUNK)
+                while chunk := source.read(COPY_CHUNK):
+                    if stop is not None and stop.is_set():
+                        raise ZipStopped()
+                    target.write(chunk)
 
 
 def _compression(source, size: int) -> int:

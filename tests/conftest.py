@@ -276,6 +276,26 @@ def script(body: str) -> dict[str, bytes]:
     return {"run.sh": body.encode()}
 
 
+@pytest.fixture
+def shared(tmp_path) -> Path:
+    """A folder jobs may write to besides their own (give the client `job_write_paths=shared`): where tests learn
+    what runs did (ledgers) and tell them when to go on (gates)."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)  # jobs run as another user when the suite runs as root
+    return folder
+
+
+def job_processes(*argv: str) -> list[psutil.Process]:
+    """The living processes whose command line is `argv`: how a test finds a job's processes, whose pids in their
+    sandbox are not the pids seen from here."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.info["cmdline"] == list(argv) and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
 def data_files(root: Path) -> list[str]:
     """Every file under the data folder `root`, relative, sorted (to check that nothing is left behind), but
     its lock and identity."""

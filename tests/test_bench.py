@@ -3,7 +3,7 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 
 import pytest
 
-from bench import bigfiles, clients, harness, latency, queue_scale, running, soak, throughput, uploads
+from bench import bigfiles, clients, harness, latency, queue_scale, running, sandbox, soak, throughput, uploads
 from orch.database import close
 from orch.models import server_db
 
@@ -91,3 +91,9 @@ async def test_clients(capsys):
     result = await clients.measure(jobs=5, counts=(1, 2))
     assert result[1] > 0 and result[2] > 0
     assert "jobs/s" in capsys.readouterr().out
+
+
+async def test_sandbox(capsys):
+    result = await sandbox.measure(jobs=3)
+    assert result["sandboxed"] > 0 and result["floor"] > 0
+    assert "cost per job" in capsys.readouterr().out

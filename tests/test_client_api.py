@@ -13,7 +13,7 @@ import pytest
 from orch.models import Payload
 from tasks.cleaner import clean_payloads
 from tasks.runner import start_prepared
-from tests.conftest import data_files, multipart, payload_status, script, wait_for
+from tests.conftest import data_files, job_processes, multipart, payload_status, script, wait_for
 
 PAYLOAD_KEYS = {"id", "input", "status", "loc", "pid", "killed"}
 ERROR_KEYS = {"id", "status", "message"}
@@ -229,13 +229,12 @@ async def test_killed_prepared_payload_never_starts(client):
 
 
 async def test_kill_of_a_running_payload_stops_its_whole_process_tree(client):
-    payload_id = await submitted(client, script("sleep 300 &\necho $! > child.pid\nsleep 300\n"))
+    payload_id = await submitted(client, script("sleep 3101 &\nsleep 300\n"))
     assert await start_prepared(client.ctx, time.time()) == 1
-    folder = client.config.data_path / str(payload_id)
-    child = int(await wait_for(lambda: read(folder / "child.pid")))
+    await wait_for(lambda: job_processes("sleep", "3101"))
     payload = Payload.get_by_id(payload_id)
     assert payload.status == "Running" and payload.pid > 0
-    assert not gone(payload.pid) and not gone(child)
+    assert not gone(payload.pid)
 
     code, body = await client.json(f"/kill/{payload_id}", method="POST", body=b"")
 
@@ -243,7 +242,7 @@ async def test_kill_of_a_running_payload_stops_its_whole_process_tree(client):
     assert (body["id"], body["status"], body["killed"]) == (payload_id, "Killed", True)
     assert payload_status(payload_id) == "Killed"
     assert gone(payload.pid)
-    await wait_for(lambda: gone(child))
+    await wait_for(lambda: not job_processes("sleep", "3101"))
 
 
 async def test_kill_of_a_finished_payload_leaves_it_as_it_was(client):

@@ -26,12 +26,13 @@ LOST_AFTER = 10
 
 
 @pytest.fixture
-def remote_clients(tmp_path):
-    """Start client processes: `remote_clients(3, slots=2)`; all stopped, and their runs ended, after the test."""
+def remote_clients(tmp_path, shared):
+    """Start client processes: `remote_clients(3, slots=2)`; all stopped, and their runs ended, after the test.
+    Their jobs may write to `shared` (the ledger, and the gates of `let_go`)."""
     started: list[ClientProcess] = []
 
     def start(count: int, **settings) -> list[ClientProcess]:
-        env = {"ORCH_TOKEN": TOKEN, "KILL_GRACE": "1", "RUNNER_INTERVAL": "0.05"}
+        env = {"ORCH_TOKEN": TOKEN, "KILL_GRACE": "1", "RUNNER_INTERVAL": "0.05", "JOB_WRITE_PATHS": str(shared)}
         env.update({name.upper(): str(value) for name, value in settings.items()})
         for _ in range(count):
             started.append(ClientProcess("client", tmp_path / f"client{len(started)}", env))
@@ -44,18 +45,20 @@ def remote_clients(tmp_path):
         end_runs(client)
 
 
-def gated(ledger: Path) -> dict[str, bytes]:
-    """A run.sh that writes its folder to `ledger`, waits for `go` in its client's folder, then writes where.txt."""
+def gated(shared: Path) -> dict[str, bytes]:
+    """A run.sh that writes its folder to the ledger in `shared`, waits for its client's gate there (see
+    `let_go`), then writes where.txt. (Its folder is <client>/data/client/<payload>: its client is named by it.)"""
     return script(
-        f'echo "$PWD" >> {ledger}\n'
-        "while [ ! -e ../../../go ]; do sleep 0.01; done\n"  # <client>/data/client/<payload>/../../../go
+        f'echo "$PWD" >> {shared}/ledger\n'
+        f'while [ ! -e "{shared}/go-$(basename "$(dirname "$(dirname "$(dirname "$PWD")")")")" ]; do sleep 0.01; done\n'
         'echo "$PWD" > where.txt\n'
     )
 
 
-def let_go(*clients: ClientProcess) -> None:
+def let_go(shared: Path, *clients: ClientProcess) -> None:
+    """Open the gates of these clients' jobs."""
     for client in clients:
-        (client.folder / "go").touch()
+        (shared / f"go-{client.folder.name}").touch()
 
 
 def listed(clients: list[ClientProcess]) -> str:
@@ -78,7 +81,9 @@ async def round_of(server: Node, tick, now: float) -> None:
     await server.settle()
 
 
-async def test_jobs_fill_each_clients_free_slots_as_its_status_says_and_no_more(nodes, remote_clients, tmp_path):
+async def test_jobs_fill_each_clients_free_slots_as_its_status_says_and_no_more(
+    nodes, remote_clients, tmp_path, shared
+):
     clients = remote_clients(1, slots=1) + remote_clients(1, slots=2) + remote_clients(1, slots=3)
     server = nodes(
         "server",
@@ -89,15 +94,15 @@ async def test_jobs_fill_each_clients_free_slots_as_its_status_says_and_no_more(
         service_example_runs_per_user=10,
     )
     await wait_for(lambda: all(placement.said_slots(server.ctx, client.url) for client in clients))
-    ledger = tmp_path / "ledger"
-    ids = [(await upload(server, gated(ledger), user_id=n % 3))[1]["id"] for n in range(8)]
+    ledger = shared / "ledger"
+    ids = [(await upload(server, gated(shared), user_id=n % 3))[1]["id"] for n in range(8)]
     await wait_for(lambda: sum(job_status(job_id) == "Running" for job_id in ids) == 6)
     placed = Counter(Job.get_by_id(job_id).client for job_id in ids)
     assert placed == {clients[0].url: 1, clients[1].url: 2, clients[2].url: 3, None: 2}  # two wait in the queue
-    let_go(clients[0])  # its one slot frees: the two queued jobs go through it, one after the other
+    let_go(shared, clients[0])  # its one slot frees: the two queued jobs go through it, one after the other
     await wait_for(lambda: sum(job_status(job_id) == "Completed" for job_id in ids) == 3)
     assert Counter(Job.get_by_id(job_id).client for job_id in ids)[clients[0].url] == 3
-    let_go(*clients)
+    let_go(shared, *clients)
     await wait_for(lambda: all(job_status(job_id) == "Completed" for job_id in ids))
     assert len(ledger.read_text().splitlines()) == 8  # each ran once
 
@@ -117,11 +122,11 @@ async def test_a_client_that_cannot_be_reached_is_passed_over_and_the_others_run
 
 
 async def test_every_call_for_a_job_goes_to_the_client_that_took_it_even_once_it_is_no_longer_listed(
-    nodes, remote_clients, tmp_path
+    nodes, remote_clients, tmp_path, shared
 ):
     clients = remote_clients(2, slots=1)
     first = nodes("server", orch_token=TOKEN, service_example_clients=listed(clients))
-    _, body = await upload(first, gated(tmp_path / "ledger"))
+    _, body = await upload(first, gated(shared))
     await round_of(first, send_queued, time.time())
     job = Job.get_by_id(body["id"])
     taker, other = on(clients, job.client), on(clients, next(c.url for c in clients if c.url != job.client))
@@ -140,7 +145,7 @@ async def test_every_call_for_a_job_goes_to_the_client_that_took_it_even_once_it
 
 @pytest.mark.parametrize("retry_lost", [0, 1])
 async def test_a_job_lost_with_its_client_ends_or_runs_again_elsewhere_and_the_copy_left_there_is_stopped(
-    nodes, remote_clients, tmp_path, retry_lost
+    nodes, remote_clients, tmp_path, retry_lost, shared
 ):
     """The client running a job is killed and stays out of reach for CLIENT_LOST_AFTER: the job ends Unknown,
     or (RETRY_LOST) is queued again as its second attempt and runs on the other client. When the lost client
@@ -153,8 +158,8 @@ async def test_a_job_lost_with_its_client_ends_or_runs_again_elsewhere_and_the_c
         service_example_retry_lost=retry_lost,
         client_lost_after=LOST_AFTER,
     )
-    ledger = tmp_path / "ledger"
-    _, body = await upload(server, gated(ledger))
+    ledger = shared / "ledger"
+    _, body = await upload(server, gated(shared))
     t0 = time.time()
     await round_of(server, send_queued, t0)
     first = Job.get_by_id(body["id"])
@@ -186,7 +191,7 @@ async def test_a_job_lost_with_its_client_ends_or_runs_again_elsewhere_and_the_c
     assert Abandoned.select().count() == 0
     assert not (lost.folder / "data" / "client" / str(first.dest_id) / "where.txt").exists()
 
-    let_go(lost, other)
+    let_go(shared, lost, other)
     if retry_lost:
         await wait_for(lambda: payload(other, Job.get_by_id(first.id).dest_id)["status"] == "Completed")
         await round_of(server, poll_dispatched, t1 + 100)
@@ -203,7 +208,7 @@ async def test_a_job_lost_with_its_client_ends_or_runs_again_elsewhere_and_the_c
 
 
 async def test_a_second_attempt_sent_to_the_client_that_lost_the_first_is_a_new_payload_there(
-    nodes, remote_clients, tmp_path
+    nodes, remote_clients, tmp_path, shared
 ):
     """The only client is lost, then comes back: the job's second attempt goes to it under its own key (it is
     not taken for the first), the first is stopped, and the second runs in the slot that frees."""
@@ -215,8 +220,8 @@ async def test_a_second_attempt_sent_to_the_client_that_lost_the_first_is_a_new_
         service_example_retry_lost=1,
         client_lost_after=LOST_AFTER,
     )
-    ledger = tmp_path / "ledger"
-    _, body = await upload(server, gated(ledger))
+    ledger = shared / "ledger"
+    _, body = await upload(server, gated(shared))
     t0 = time.time()
     await round_of(server, send_queued, t0)
     first = Job.get_by_id(body["id"])
@@ -236,7 +241,7 @@ async def test_a_second_attempt_sent_to_the_client_that_lost_the_first_is_a_new_
     await round_of(server, poll_dispatched, t1 + 100)
     assert payload(client, first.dest_id)["status"] == "Killed"
     await wait_for(lambda: payload(client, second.dest_id)["status"] == "Running")
-    let_go(client)
+    let_go(shared, client)
     await wait_for(lambda: payload(client, second.dest_id)["status"] == "Completed")
     await round_of(server, poll_dispatched, t1 + 100)
     assert job_status(first.id) == "Completed"
@@ -247,7 +252,7 @@ async def test_a_second_attempt_sent_to_the_client_that_lost_the_first_is_a_new_
 
 
 async def test_an_earlier_attempt_that_ended_while_its_client_was_away_gives_the_job_nothing(
-    nodes, remote_clients, tmp_path
+    nodes, remote_clients, tmp_path, shared
 ):
     """The lost client's copy of the job runs to its end while the job runs again elsewhere; when that client
     comes back and reports it (events, answers), the job keeps waiting for its own attempt's result."""
@@ -260,13 +265,12 @@ async def test_an_earlier_attempt_that_ended_while_its_client_was_away_gives_the
         service_example_retry_lost=1,
         client_lost_after=1,
     )
-    ledger = tmp_path / "ledger"
-    _, body = await upload(server, gated(ledger))
+    _, body = await upload(server, gated(shared))
     await wait_for(lambda: job_status(body["id"]) == "Running")
     first = Job.get_by_id(body["id"])
     lost, other = on(clients, first.client), next(client for client in clients if client.url != first.client)
     lost.kill()
-    let_go(lost)  # its copy ends while it is away
+    let_go(shared, lost)  # its copy ends while it is away
     await wait_for(lambda: Job.get_by_id(first.id).attempt == 2 and job_status(first.id) == "Running")
     assert Job.get_by_id(first.id).client == other.url
 
@@ -277,7 +281,7 @@ async def test_an_earlier_attempt_that_ended_while_its_client_was_away_gives_the
     await server.settle()
     assert (job_status(first.id), Job.get_by_id(first.id).client) == ("Running", other.url)
 
-    let_go(other)
+    let_go(shared, other)
     await wait_for(lambda: job_status(first.id) == "Completed")
     response = await server.fetch(f"/download/{first.id}")
     assert zipfile.ZipFile(io.BytesIO(response.body)).read("where.txt").decode().startswith(str(other.folder))

@@ -65,7 +65,7 @@ def test_the_dashboard_shows_a_job_from_its_submission_to_its_end_and_its_histor
     page.on("request", lambda request: requests.append(request.url))
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
-    go = tmp_path / "go"
+    go = cluster.shared / "go"
 
     page.goto(f"{cluster.server.url}/dashboard")
     page.wait_for_selector("#services td:text-is('example')")

@@ -46,4 +46,6 @@ def test_the_readme_walks_through_the_python_client_the_dashboard_and_the_metric
     readme = (ROOT / "README.md").read_text()
     for must in ("from orch.portal import Orchestrator", "/dashboard", "docs/dashboard.png", "/metrics", "Procfile"):
         assert must in readme
-    assert 150 <= len(readme.splitlines()) <= 200  # the front door: the rest is in docs/
+    assert (
+        150 <= len(readme.splitlines()) <= 250
+    )  # the front door (a short section per way of using it): the rest is in docs/

@@ -83,12 +83,12 @@ async def test_the_server_learns_from_the_stream_alone_that_a_job_ran_and_finish
     ("body", "reached"),
     [
         ("echo done > out.txt\n", "Completed"),
-        ("while [ ! -e ../../gate ]; do sleep 0.01; done\n", "Running"),
+        ("while [ ! -e gate ]; do sleep 0.01; done\n", "Running"),
     ],
     ids=["ended", "started"],
 )
 async def test_a_job_that_changes_before_its_send_is_recorded_is_asked_about_as_soon_as_it_is(
-    server, client, tmp_path, body, reached
+    server, client, body, reached
 ):
     """A quick job on a busy server: the client reports that it ended (or started) while the server still
     waits for the answer to its send. With the stream live the getter would ask only at its next sweep, half
@@ -105,7 +105,7 @@ async def test_a_job_that_changes_before_its_send_is_recorded_is_asked_about_as_
         await wait_for(lambda: job_status(job_id) == reached)
     finally:
         watch.cancel()
-        (tmp_path / "gate").touch()
+        (client.config.data_path / str(payload_id) / "gate").touch()
     assert Job.get_by_id(job_id).dest_id == payload_id
     assert server.ctx.state(Tracking).changed_early == set()
 
@@ -126,15 +126,15 @@ async def test_the_watcher_leaves_clients_without_a_stream_to_the_getter(io_loop
         original.stop()
 
 
-async def test_while_a_stream_is_live_the_getter_leaves_running_jobs_to_it(nodes, tmp_path, caplog):
+async def test_while_a_stream_is_live_the_getter_leaves_running_jobs_to_it(nodes, caplog):
     """Asking about each running job at every round would cost a request per job and per round: while the
     stream answers, the getter asks once when it starts, then only every SWEEP seconds."""
     caplog.set_level(logging.DEBUG, "tornado.access")
     client = nodes("client", tasks=True)
     server = nodes("server", tasks=True, getter_interval=0.02, **services(client))
-    gate = tmp_path / "gate"
-    _, body = await upload(server, script(f"while [ ! -e {gate} ]; do sleep 0.01; done\n"))
+    _, body = await upload(server, script("while [ ! -e gate ]; do sleep 0.01; done\n"))
     await wait_for(lambda: job_status(body["id"]) == "Running")
+    gate = client.config.data_path / str(Job.get_by_id(body["id"]).dest_id) / "gate"
     await wait_for(lambda: server.ctx.state(Tracking).live.get(client.url))  # the getter's sweep when it started
     await server.ctx.inflight.wait("poll")  # ...whose answer may still be on its way (on a busy machine)
 

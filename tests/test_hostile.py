@@ -701,3 +701,48 @@ async def test_submit_with_a_method_tornado_does_not_know_is_405_json_without_an
     assert code == 405, answer
     assert error_logs(caplog) == []
     assert_client_left_nothing(client)
+
+
+# --- limits on text fields, and input that once made a 500 ---
+
+
+async def test_more_than_a_hundred_text_fields_are_refused_with_400_and_leave_nothing(server):
+    many = b"".join(field(f"f{n}".encode(), b"x") for n in range(101))
+    code, answer = await post(server, "/upload", body(file_part(b"run.sh", RUN_SH), many))
+    assert (code, answer["message"]) == (400, "more than 100 text fields")
+    assert_server_left_nothing(server)
+
+
+async def test_text_fields_over_a_mebibyte_in_all_are_refused_with_413_and_leave_nothing(server):
+    big = b"".join(field(f"f{n}".encode(), b"x" * 60_000) for n in range(20))  # each under the 64 KiB of a field
+    code, answer = await post(server, "/upload", body(file_part(b"run.sh", RUN_SH), big))
+    assert (code, answer["message"]) == (413, "the text fields take more than 1048576 bytes in all")
+    assert_server_left_nothing(server)
+
+
+async def test_a_user_id_of_five_thousand_digits_is_400_not_500(server):
+    code, answer = await post(
+        server, "/upload", body(file_part(b"run.sh", RUN_SH), fields={"user_id": b"1" * 5000, "service": b"example"})
+    )
+    assert (code, answer["message"]) == (400, "Invalid user_id, should be a number")
+    assert_server_left_nothing(server)
+
+
+@pytest.mark.parametrize(
+    "after",
+    ["%C2%B2", "9" * 5000, "-1", "1.5", "%EF%BC%91"],
+    ids=["superscript", "5000-digits", "negative", "decimal", "fullwidth"],
+)
+async def test_events_after_that_is_not_a_plain_whole_number_is_400_not_500(client, after):
+    code, answer = await client.json(f"/events?after={after}&wait=0")
+    assert (code, answer["message"]) == (400, "after must be a whole number of at most 18 digits")
+
+
+@pytest.mark.parametrize("mode", ["server", "client"])
+@pytest.mark.parametrize("path", ["/swagger-ui/%00", "/swagger-ui/index%00.html"])
+async def test_a_nul_in_a_swagger_ui_path_is_400_json_not_500(nodes, caplog, mode, path):
+    node = nodes(mode)
+    response = await node.fetch(path)
+    assert (response.code, response.headers["Content-Type"]) == (400, "application/json")
+    assert json.loads(response.body)["message"] == "a path may not hold a NUL character"
+    assert error_logs(caplog) == []

@@ -9,7 +9,7 @@ import pytest
 
 from orch.models import Job, Payload
 from orch.states import ACTIVE
-from tests.conftest import job_status, script, services, upload, wait_for
+from tests.conftest import job_processes, job_status, script, services, upload, wait_for
 
 pytestmark = pytest.mark.both_databases
 
@@ -71,31 +71,30 @@ async def test_job_without_run_sh_ends_invalid_with_the_reason(nodes):
     assert "run.sh not found" in status["message"]
 
 
-async def test_long_job_is_terminated_and_no_process_of_it_is_left(nodes, tmp_path):
+async def test_long_job_is_terminated_and_no_process_of_it_is_left(nodes):
     client = nodes("client", tasks=True)
     server = nodes("server", tasks=True, **services(client))
-    _, body = await upload(server, script("sleep 300 &\necho $! > child.pid\nsleep 300\n"))
+    _, body = await upload(server, script("sleep 3102 &\nsleep 300\n"))
     await wait_for(lambda: job_status(body["id"]) == "Running")
     payload = Payload.get_by_id(Job.get_by_id(body["id"]).dest_id)
-    child_pid = int(await wait_for(lambda: _read(client.config.data_path / str(payload.id) / "child.pid")))
-    assert psutil.pid_exists(child_pid)
+    await wait_for(lambda: job_processes("sleep", "3102"))
 
     code, answer = await server.json(f"/terminate/{body['id']}", method="POST", body=b"")
 
     assert (code, answer) == (200, {"id": body["id"], "status": "Killed", "message": "job terminated"})
     assert job_status(body["id"]) == "Killed"
     assert Payload.get_by_id(payload.id).status == "Killed"
-    for pid in (payload.pid, child_pid):
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not psutil.pid_exists(payload.pid) or psutil.Process(payload.pid).status() == psutil.STATUS_ZOMBIE
+    assert not job_processes("sleep", "3102")
 
 
-async def test_partial_download_of_a_running_job_shows_its_progress(nodes, tmp_path):
+async def test_partial_download_of_a_running_job_shows_its_progress(nodes):
     client = nodes("client", tasks=True)
     server = nodes("server", tasks=True, **services(client))
-    gate = tmp_path / "gate"
-    job = f"echo 'step 1 of 2' > progress.txt\nwhile [ ! -e {gate} ]; do sleep 0.01; done\n"
+    job = "echo 'step 1 of 2' > progress.txt\nwhile [ ! -e gate ]; do sleep 0.01; done\n"
     _, body = await upload(server, script(job))
     await wait_for(lambda: job_status(body["id"]) == "Running")
+    gate = client.config.data_path / str(Job.get_by_id(body["id"]).dest_id) / "gate"
 
     async def progress() -> bytes | None:
         response = await server.fetch(f"/download_partial/{body['id']}")
@@ -108,12 +107,12 @@ async def test_partial_download_of_a_running_job_shows_its_progress(nodes, tmp_p
     await wait_for(lambda: job_status(body["id"]) == "Completed")
 
 
-async def test_quotas_hold_and_both_users_are_served(nodes, tmp_path):
+async def test_quotas_hold_and_both_users_are_served(nodes, shared):
     """RUNS_PER_USER=2 and MAX_RUNS=3 with two users submitting four jobs each: three run at once, both users
     among them, never more than two of one user; all eight complete."""
-    client = nodes("client", tasks=True)
+    client = nodes("client", tasks=True, job_write_paths=shared)
     server = nodes("server", tasks=True, **services(client, runs_per_user=2, max_runs=3))
-    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    ledger, gate = shared / "ledger", shared / "gate"
     ids = []
     for user in (1, 1, 1, 1, 2, 2, 2, 2):
         _, body = await upload(server, gated(ledger, gate, user), user_id=user)
@@ -131,10 +130,10 @@ async def test_quotas_hold_and_both_users_are_served(nodes, tmp_path):
     assert set(peak_by_user) == {1, 2} and max(peak_by_user.values()) == 2
 
 
-async def test_a_user_with_one_job_behind_another_users_many_starts_at_the_next_free_slot(nodes, tmp_path):
-    client = nodes("client", tasks=True)
+async def test_a_user_with_one_job_behind_another_users_many_starts_at_the_next_free_slot(nodes, shared):
+    client = nodes("client", tasks=True, job_write_paths=shared)
     server = nodes("server", tasks=True, **services(client, runs_per_user=1, max_runs=1))
-    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    ledger, gate = shared / "ledger", shared / "gate"
     for _ in range(10):
         await upload(server, gated(ledger, gate, 1), user_id=1)
     _, late = await upload(server, gated(ledger, gate, 2), user_id=2)
@@ -143,10 +142,3 @@ async def test_a_user_with_one_job_behind_another_users_many_starts_at_the_next_
     await wait_for(lambda: job_status(late["id"]) == "Completed")
     starts = [line.split()[1] for line in ledger.read_text().splitlines() if line.startswith("start")]
     assert starts[:2] == ["1", "2"]
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None

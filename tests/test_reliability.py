@@ -4,10 +4,9 @@ and client apps over loopback HTTP with real run.sh processes."""
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from orch import jobs, payloads, processes
+from orch import jobs, payloads, processes, runs, sandbox
 from orch.database import client_instance
 from orch.models import Job, Payload, transition
 from orch.quotas import next_jobs
@@ -19,6 +18,7 @@ from tasks.sender import send_queued
 from tests.conftest import (
     Node,
     data_files,
+    job_processes,
     job_status,
     multipart,
     payload_status,
@@ -32,13 +32,19 @@ pytestmark = pytest.mark.both_databases
 
 DONE = {status.value for status in FINISHED}
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.01; done\n"  # a run that lasts until the test creates `go`
-# Payload folders are DATA_PATH/<id> with DATA_PATH = tmp_path/client: `../../ledger` is tmp_path/ledger,
-# outside everything the client owns. Each run appends one line to it.
-LEDGER_LINE = 'echo "ran $$" >> ../../ledger\n'
+# Payload folders are DATA_PATH/<id> with DATA_PATH = tmp_path/client: `../../shared/ledger` is in tmp_path/shared,
+# outside everything the client owns, which the client lets jobs write to. Each run appends one line to it.
+LEDGER_LINE = 'echo "ran $$" >> ../../shared/ledger\n'
+
+
+@pytest.fixture
+def client(nodes, shared) -> Node:
+    """A client app whose tasks are not running, whose jobs may write to the ledger's folder."""
+    return nodes("client", job_write_paths=shared)
 
 
 def ledger_lines(tmp_path: Path) -> list[str]:
-    ledger = tmp_path / "ledger"
+    ledger = tmp_path / "shared" / "ledger"
     return ledger.read_text().splitlines() if ledger.exists() else []
 
 
@@ -72,13 +78,6 @@ async def run_on_client(client: Node, payload_ids: list[int], until: set[str] = 
 async def poll(server: Node, now: float | None = None) -> None:
     await poll_dispatched(server.ctx, time.time() if now is None else now)
     await server.settle()
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def digit_folders(root: Path) -> list[str]:
@@ -330,15 +329,14 @@ async def test_a_job_for_a_client_unreachable_for_client_lost_after_fails_and_fr
 async def test_a_job_over_its_services_timeout_fails_with_timeout_and_its_processes_are_gone(nodes):
     client = nodes("client", tasks=True)
     server = nodes("server", tasks=True, **services(client, timeout=1))
-    _, body = await upload(server, script("sleep 60 &\necho $! > sleep.pid\nwait\n"))
+    _, body = await upload(server, script("sleep 3103 &\nwait\n"))
     await wait_for(lambda: job_status(body["id"]) in DONE)
     code, answer = await server.json(f"/download/{body['id']}")
     assert (code, answer["status"]) == (200, "Failed")
     assert "timeout" in answer["message"]
     payload = Payload.get_by_id(Job.get_by_id(body["id"]).dest_id)
     assert payload.walltime == 1
-    sleeper = int((client.config.data_path / str(payload.id) / "sleep.pid").read_text())
-    await wait_for(lambda: not alive(sleeper))
+    await wait_for(lambda: not job_processes("sleep", "3103"))
     assert not processes.alive(payload.pid, payload.started_at)
 
 
@@ -395,15 +393,7 @@ async def test_a_running_payload_without_pid_process_or_exit_status_goes_back_to
 
 def spawn_as_a_previous_client(client: Node, payload_id: int):
     """Start a payload's run the way the runner does (a client that stopped before it recorded the pid)."""
-    payload = Payload.get_by_id(payload_id)
-    folder = payloads.folder(client.ctx, payload_id)
-    return processes.spawn(
-        folder,
-        folder / payloads.LOG,
-        payloads.exit_file(client.ctx, payload_id),
-        client.config.job_environment,
-        payloads.run_of(client.ctx, payload).tag,
-    )
+    return runs.launch(client.ctx, Payload.get_by_id(payload_id), sandbox.of(client.ctx).free_user([]))
 
 
 async def test_a_running_payload_without_pid_whose_run_is_alive_is_found_and_not_started_twice(client, tmp_path):
@@ -434,12 +424,11 @@ async def test_a_running_payload_without_pid_whose_run_is_alive_is_found_and_not
 
 
 async def test_an_adopted_run_past_its_deadline_is_killed_and_fails_with_timeout(client):
-    payload_id = await submitted(client, script("sleep 60 &\necho $! > sleep.pid\nwait\n"), timeout="30")
+    payload_id = await submitted(client, script("sleep 3104 &\nwait\n"), timeout="30")
     assert transition(Payload, payload_id, Status.PREPARED, Status.RUNNING, time.time())
     process = spawn_as_a_previous_client(client, payload_id)
     exited = process.wait_for_exit(raise_error=False)
-    sleep_pid = payloads.folder(client.ctx, payload_id) / "sleep.pid"
-    await wait_for(lambda: sleep_pid.exists() and sleep_pid.read_text().strip())
+    await wait_for(lambda: job_processes("sleep", "3104"))
     Payload.update(pid=process.pid, started_at=processes.start_time(process.pid), deadline=time.time() - 1).where(
         Payload.id == payload_id
     ).execute()
@@ -450,4 +439,4 @@ async def test_an_adopted_run_past_its_deadline_is_killed_and_fails_with_timeout
     assert payload.status == "Failed"
     assert payload.message.startswith("timeout")
     assert await exited != 0
-    await wait_for(lambda: not alive(int(sleep_pid.read_text())))
+    await wait_for(lambda: not job_processes("sleep", "3104"))

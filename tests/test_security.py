@@ -334,3 +334,92 @@ async def test_uploaded_files_named_like_result_zips_do_not_replace_the_result(s
     assert archive.read("result.zip") == b"fake result"
     assert archive.read("output.zip") == b"fake output"
     assert (await retrieved_zip(client, payload_id)).read("out.txt") == b"computed\n"
+
+
+# The server's own API behind API_TOKEN.
+
+SERVER_CALLS = [
+    ("POST", "/upload"),
+    ("GET", "/download/1"),
+    ("HEAD", "/download/1"),
+    ("GET", "/download_partial/1"),
+    ("POST", "/terminate/1"),
+]
+
+
+async def server_call(server: Node, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict | None]:
+    kwargs: dict = {"method": method, "headers": dict(headers)}
+    if path == "/upload":
+        kwargs["body"], kwargs["headers"]["Content-Type"] = multipart(
+            {"user_id": "1", "service": "example"}, script("echo hi\n")
+        )
+    elif method == "POST":
+        kwargs["body"] = b""
+    response = await server.fetch(path, **kwargs)
+    return response.code, (json.loads(response.body) if response.body else None)
+
+
+@pytest.mark.parametrize("headers", WRONG, ids=["none", "wrong", "longer", "shorter", "no-scheme", "basic"])
+async def test_a_server_with_api_tokens_answers_401_to_calls_without_one_and_does_nothing(nodes, client, headers):
+    server = nodes("server", api_token="portal-a,portal-b", **services(client))
+    for method, path in SERVER_CALLS:
+        code, answer = await server_call(server, method, path, headers)
+        assert code == 401, (method, path)
+        if method != "HEAD":
+            assert set(answer) == {"id", "status", "message"} and "API_TOKEN" in answer["message"]
+            assert "portal-a" not in json.dumps(answer)
+    assert Job.select().count() == 0
+    assert data_files(server.config.data_path) == []
+
+
+async def test_each_portal_calls_the_server_with_its_own_token(nodes):
+    client = nodes("client", tasks=True, orch_token=TOKEN)
+    server = nodes("server", tasks=True, orch_token=TOKEN, api_token="portal-a, portal-b", **services(client))
+    code, first = await server_call(server, "POST", "/upload", auth("portal-a"))
+    assert code == 201
+    code, second = await server_call(server, "POST", "/upload", auth("portal-b"))
+    assert code == 201
+    await wait_for(lambda: {job_status(first["id"]), job_status(second["id"])} <= DONE)
+    response = await server.fetch(f"/download/{first['id']}", headers=auth("portal-b"))
+    assert (response.code, response.headers["Content-Type"]) == (200, "application/zip")
+    code, answer = await server_call(server, "POST", f"/terminate/{second['id']}", auth("portal-a"))
+    assert code == 409  # authorised: it had finished
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/api-docs/openapi.json", "/swagger-ui/"])
+async def test_ping_health_and_the_api_documentation_need_no_api_token(nodes, path):
+    server = nodes("server", api_token="portal-a")
+    assert (await server.fetch(path)).code == 200
+
+
+@pytest.mark.parametrize("value", ["has space", "a,b c", "tab\there"])
+def test_an_api_token_that_cannot_travel_in_a_header_is_refused_at_start(value):
+    with pytest.raises(ValueError, match="API_TOKEN"):
+        load("server", {"API_TOKEN": value})
+
+
+# Permissions: job data for the processes' user only.
+
+
+async def test_databases_folders_and_zips_are_for_the_process_user_only(nodes):
+    client = nodes("client", tasks=True)
+    server = nodes("server", tasks=True, **services(client))
+    _, body = await upload(server, script("echo hi > out.txt\n"))
+    await wait_for(lambda: job_status(body["id"]) in DONE)
+    assert (await server.fetch(f"/download/{body['id']}")).code == 200
+    job = Job.get_by_id(body["id"])
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    server_data, client_data = server.config.data_path, client.config.data_path
+    for database in (server.config.db_path, client.config.db_path):
+        assert mode(database) == 0o600, database
+        assert all(mode(path) == 0o600 for path in database.parent.glob(database.name + "-*")), database
+    assert mode(server_data) == 0o700 and mode(server_data / job.folder) == 0o700
+    assert mode(server_data / f"{job.folder}.zip") == 0o600
+    assert mode(client_data) == 0o711  # job users go through to their folder, and see no other
+    assert mode(client_data / ".control") == 0o700
+    assert mode(client_data / str(job.dest_id)) == 0o700
+    assert mode(client_data / ".control" / f"{job.dest_id}.zip") == 0o600
+    assert all(mode(path) & 0o077 == 0 for path in (client_data / str(job.dest_id)).iterdir())

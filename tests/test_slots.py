@@ -22,9 +22,10 @@ async def submit(client, body: str) -> int:
     return payload["id"]
 
 
-async def test_a_client_starts_no_more_than_its_slots_and_the_next_as_soon_as_one_ends(nodes, tmp_path):
-    client = nodes("client", tasks=True, orch_token=TOKEN, slots=2, runner_interval=60)  # only wakes start runs
-    gates = [tmp_path / f"gate{n}" for n in range(5)]
+async def test_a_client_starts_no_more_than_its_slots_and_the_next_as_soon_as_one_ends(nodes, shared):
+    # runner_interval=60: only wakes start runs
+    client = nodes("client", tasks=True, orch_token=TOKEN, slots=2, runner_interval=60, job_write_paths=shared)
+    gates = [shared / f"gate{n}" for n in range(5)]
     ids = [await submit(client, f"while [ ! -e {gate} ]; do sleep 0.01; done\n") for gate in gates]
     await wait_for(lambda: [payload_status(i) for i in ids] == ["Running"] * 2 + ["Prepared"] * 3)
     assert await start_prepared(client.ctx, time.time()) == 0  # a round more changes nothing
@@ -35,9 +36,9 @@ async def test_a_client_starts_no_more_than_its_slots_and_the_next_as_soon_as_on
     await wait_for(lambda: all(payload_status(i) == "Completed" for i in ids))
 
 
-async def test_status_says_the_instance_slots_payloads_load_and_free_disk(nodes, tmp_path):
-    client = nodes("client", orch_token=TOKEN, slots=3)
-    gate = tmp_path / "gate"
+async def test_status_says_the_instance_slots_payloads_load_and_free_disk(nodes, shared):
+    client = nodes("client", orch_token=TOKEN, slots=3, job_write_paths=shared)
+    gate = shared / "gate"
     for _ in range(4):
         await submit(client, f"while [ ! -e {gate} ]; do sleep 0.01; done\n")
     await start_prepared(client.ctx, time.time())

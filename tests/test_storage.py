@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orch.errors import BadRequest
-from orch.storage import MAX_FIELD_SIZE, MultipartReceiver, new_name, safe_name, zip_folder
+from orch.storage import MAX_FIELD_SIZE, MultipartReceiver, ZipStopped, new_name, safe_name, zip_folder
 from tests.conftest import WAIT_TIMEOUT, data_files, multipart
 
 BOUNDARY = "XyZ-boundary-1234"
@@ -508,6 +508,52 @@ def test_unix_permission_bits_are_kept(tmp_path):
     assert stat.S_IMODE(stored["secret.key"]) == 0o600
     assert stat.S_IMODE(stored["private/"]) == 0o700
     assert stat.S_ISREG(stored["run.sh"]) and stat.S_ISDIR(stored["private/"])
+
+
+def test_setuid_setgid_and_sticky_bits_are_not_stored(tmp_path):
+    folder = tmp_path / "job"
+    (folder / "shared").mkdir(parents=True)
+    (folder / "tool").write_text("#!/bin/sh\n")
+    (folder / "tool").chmod(0o6755)
+    (folder / "shared").chmod(0o1777)
+    zip_folder(folder, tmp_path / "out.zip")
+    stored = modes(tmp_path / "out.zip")
+    assert (stat.S_IMODE(stored["tool"]), stat.S_IMODE(stored["shared/"])) == (0o755, 0o777)
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [("..\\..\\evil.txt", ".._.._evil.txt"), ("a\\b.txt", "a_b.txt"), ("...", "..."), ("..a", "..a")],
+)
+def test_names_are_stored_as_plain_relative_paths(tmp_path, name, stored):
+    folder = tmp_path / "job"
+    (folder / "sub").mkdir(parents=True)
+    (folder / name).write_text("top")
+    (folder / "sub" / name).write_text("deep")
+    zip_folder(folder, tmp_path / "out.zip")
+    assert entries(tmp_path / "out.zip") == {stored: b"top", "sub/": b"", f"sub/{stored}": b"deep"}
+
+
+def test_a_rewritten_name_that_is_taken_gets_a_number(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "a\\b").write_text("backslash")
+    (folder / "a_b").write_text("underscore")
+    zip_folder(folder, tmp_path / "out.zip")
+    assert entries(tmp_path / "out.zip") == {"a_b": b"backslash", "a_b~2": b"underscore"}
+
+
+def test_a_stopped_zip_leaves_nothing_and_keeps_the_previous_dest(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    (tmp_path / "out.zip").write_bytes(b"previous")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ZipStopped):
+        zip_folder(folder, tmp_path / "out.zip", stop)
+    assert (tmp_path / "out.zip").read_bytes() == b"previous"
+    assert leftovers(tmp_path) == []
 
 
 def test_extracting_the_zip_restores_the_executable_bit(tmp_path):

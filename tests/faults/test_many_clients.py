@@ -11,7 +11,13 @@ from tests.faults.counts import COUNTS
 
 TOKEN = "s3cret-token-for-tests"
 JOBS = 30
-GATE = "while [ ! -e ../../../go ]; do sleep 0.01; done\n"  # waits for `go` in its client's folder
+
+
+def gate(nodes) -> str:
+    """What a job's run.sh does to wait for `go` in the cluster's shared folder."""
+    return f"while [ ! -e {nodes.shared}/go ]; do sleep 0.01; done\n"
+
+
 SERVER = {
     "ORCH_TOKEN": TOKEN,
     "SERVICE_EXAMPLE_MAX_RUNS": "6",
@@ -43,13 +49,12 @@ def test_a_client_killed_mid_run_for_good(cluster, retry_lost):
     reason, or (RETRY_LOST=1) run again on the others and complete."""
     nodes = cluster(server_env={**SERVER, "SERVICE_EXAMPLE_RETRY_LOST": str(retry_lost)}, client_env=CLIENT, clients=3)
     for i in range(JOBS):
-        nodes.submit(f"job{i}", GATE, user_id=i % 3)
+        nodes.submit(f"job{i}", gate(nodes), user_id=i % 3)
     wait(lambda: sum(started_on(nodes).values()) == 6, what="six jobs to start")
     assert started_on(nodes) == {"client": 2, "client1": 2, "client2": 2}  # placement used all three
     dead = nodes.clients[1]
     dead.kill()
-    for client in nodes.clients:
-        (client.folder / "go").touch()  # the dead client's runs end too, unseen
+    (nodes.shared / "go").touch()  # the dead client's runs end too, unseen
     statuses = nodes.wait_finished()
 
     places = nodes.where()
@@ -79,12 +84,11 @@ def test_a_client_that_joins_by_itself_mid_run_receives_work(cluster):
     two more at once; every job completes once."""
     nodes = cluster(server_env={**SERVER, "SERVICE_EXAMPLE_MAX_RUNS": "8"}, client_env=CLIENT, clients=3)
     for i in range(20):
-        nodes.submit(f"job{i}", GATE, user_id=i % 3)
+        nodes.submit(f"job{i}", gate(nodes), user_id=i % 3)
     wait(lambda: sum(started_on(nodes).values()) == 6, what="six jobs to start")
     joiner = nodes.join("example")
     wait(lambda: started_on(nodes).get(joiner.folder.name) == 2, what="the joined client to take two jobs")
-    for client in nodes.clients:
-        (client.folder / "go").touch()
+    (nodes.shared / "go").touch()
     statuses = nodes.wait_finished()
     assert set(statuses.values()) == {"Completed"}
     assert all(count == 1 for count in nodes.ran().values())

@@ -16,9 +16,11 @@ USERS = 5
 FINISHED = {"Completed", "Failed", "Invalid", "Killed", "Unknown", "Cleaned"}
 
 
-def test_two_servers_on_one_database_run_every_job_once_while_one_is_killed_twice(tmp_path, postgres_url):
-    ledger = tmp_path / "ledger"
-    clients = [Node("client", tmp_path / f"client{n}", {"KILL_GRACE": "1"}) for n in range(2)]
+def test_two_servers_on_one_database_run_every_job_once_while_one_is_killed_twice(tmp_path, shared, postgres_url):
+    ledger = shared / "ledger"
+    clients = [
+        Node("client", tmp_path / f"client{n}", {"KILL_GRACE": "1", "JOB_WRITE_PATHS": str(shared)}) for n in range(2)
+    ]
     settings = {
         "DB_URL": postgres_url,
         "DATA_PATH": str(tmp_path / "data"),

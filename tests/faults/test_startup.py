@@ -108,9 +108,9 @@ def test_a_second_server_is_refused_and_the_live_servers_upload_completes(cluste
     assert len(zip_of(nodes, job_id)) > 0
 
 
-def test_a_second_server_and_client_are_refused_during_a_run_and_the_run_completes(cluster, tmp_path):
+def test_a_second_server_and_client_are_refused_during_a_run_and_the_run_completes(cluster):
     nodes = cluster()
-    flag = tmp_path / "go"
+    flag = nodes.shared / "go"
     job_id = nodes.submit("job0", FLAG_WAIT.format(flag=flag))
     wait(lambda: (nodes.status(job_id) or {}).get("status") == "Running", what="the job to run")
 
@@ -125,9 +125,9 @@ def test_a_second_server_and_client_are_refused_during_a_run_and_the_run_complet
     assert len(zip_of(nodes, job_id)) > 0
 
 
-def test_queued_jobs_of_a_service_removed_for_a_restart_wait_for_it_and_a_sent_one_is_followed(cluster, tmp_path):
+def test_queued_jobs_of_a_service_removed_for_a_restart_wait_for_it_and_a_sent_one_is_followed(cluster):
     nodes = cluster(server_env={"SERVICE_EXAMPLE_MAX_RUNS": "1"})
-    flag = tmp_path / "go"
+    flag = nodes.shared / "go"
     sent = nodes.submit("sent", FLAG_WAIT.format(flag=flag))
     wait(lambda: (nodes.status(sent) or {}).get("status") == "Running", what="the first job to run")
     queued = [nodes.submit(f"queued{n}") for n in range(2)]
