@@ -63,19 +63,25 @@ def _codename() -> str:
 
 
 @pytest.fixture(scope="session")
-def image(base_image) -> Iterator[str]:
-    """The project's image, built from the Containerfile on the base image; its tag is removed at the end (the
-    build's cached layers stay, so the next build takes seconds)."""
+def image(base_image) -> str:
+    """The project's image, built from the Containerfile on the base image: its id (a tag may move if another
+    test run builds meanwhile)."""
     runner = Podman()
-    tag = f"localhost/job-orchestrator:{runner.prefix}"
     secret = ["--secret", f"id=ca,src={CA_BUNDLE}"] if CA_BUNDLE.exists() else []
+    options = ("--format", "docker", "--build-arg", f"BASE={base_image}", *secret, "--file", f"{ROOT}/Containerfile")
     started = time.monotonic()
-    runner(
-        "build", "--format", "docker", "--build-arg", f"BASE={base_image}", *secret,
-        "--tag", tag, "--file", str(ROOT / "Containerfile"), str(ROOT),
-    )  # fmt: skip
+    build(runner, "localhost/job-orchestrator-build:tests", *options, "--target", "build")
+    built = build(runner, "localhost/job-orchestrator:tests", *options)
     timed("image built", started)
-    try:
-        yield tag
-    finally:
-        runner("rmi", "--force", tag, check=False)
+    return built
+
+
+def build(runner: Podman, tag: str, *options: str) -> str:
+    """Build `tag` and return its id. It stays for the next run, whose build reuses its layers and takes
+    seconds, and the image it replaces is removed with the layers only it had (unless a container still uses
+    it), so that the machine keeps one of each. The build stage is tagged too, for the same reason."""
+    previous = runner("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
+    built = runner("build", "--quiet", *options, "--tag", tag, str(ROOT)).stdout.split()[-1]
+    if previous and previous != built:
+        runner("rmi", previous, check=False)
+    return built
