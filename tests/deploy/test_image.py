@@ -1,8 +1,8 @@
 """The image, run for real with podman: a server and a client container (hardened as compose.yaml has them) run a
 job sent from this machine with curl, its zip comes back, a job running when the client's container restarts
 ends Failed with the reason, and both stop cleanly on SIGTERM within 5 s; the client refuses to start without a
-token; and the run options the README names let bubblewrap sandbox jobs inside the client's container, while the
-default ones do not (so that SANDBOX=auto falls back, and says so)."""
+token; and the run options docs/containers.md names let bubblewrap sandbox jobs inside the client's container,
+while the default ones do not (so that SANDBOX=auto falls back, and says so)."""
 
 import secrets
 import time
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 HARDENED = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
 STOP_WITHIN = 5.0  # seconds from SIGTERM to a clean exit
-# What a job's sandbox needs from the container: bubblewrap's command of the sandbox, less the job's folder.
+# What a job's sandbox needs from the container: bubblewrap's command of the sandbox (its network cut too, as
+# JOB_NETWORK=none has it), less the job's folder.
 BWRAP = (
     "bwrap --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 "
     "--ro-bind /etc /etc --proc /proc --dev /dev --tmpfs /tmp --unshare-pid --unshare-ipc --unshare-net "
@@ -91,27 +92,31 @@ def test_a_client_container_without_a_token_refuses_to_start(podman, image):
 
 
 @pytest.mark.parametrize(
-    "options, sandboxed",
+    "options, user",
     [
-        pytest.param((), False, id="default"),
-        pytest.param(("--security-opt", "unmask=/proc/*"), True, id="unmask-proc"),
-        pytest.param((*HARDENED, "--security-opt", "unmask=/proc/*"), True, id="hardened-unmask-proc"),
-        pytest.param(("--privileged",), True, id="privileged"),
-        pytest.param(("--cap-add", "SYS_ADMIN"), False, id="cap-sys-admin"),
-        pytest.param(("--security-opt", "seccomp=unconfined"), False, id="seccomp-unconfined"),
+        pytest.param((), None, id="default"),
+        pytest.param(("--security-opt", "unmask=/proc/*"), "1000", id="unmask-proc"),
+        pytest.param((*HARDENED, "--security-opt", "unmask=/proc/*"), "1000", id="hardened-unmask-proc"),
+        pytest.param(("--privileged",), "1000", id="privileged"),
+        pytest.param(("--cap-add", "SYS_ADMIN"), None, id="cap-sys-admin"),
+        pytest.param(("--security-opt", "seccomp=unconfined"), None, id="seccomp-unconfined"),
+        pytest.param(("--user", "0"), None, id="root"),
+        pytest.param(("--user", "0", "--cap-add", "SYS_ADMIN"), None, id="root-cap-sys-admin"),  # no netns for the job
+        pytest.param(("--user", "0", "--cap-add", "SYS_ADMIN,NET_ADMIN"), "0", id="root-cap-sys-net-admin"),
     ],
 )
-def test_bubblewrap_sandboxes_a_job_in_the_client_container_with_the_options_the_readme_names(
-    podman, image, options, sandboxed
+def test_bubblewrap_sandboxes_a_job_in_the_client_container_with_the_options_the_docs_name(
+    podman, image, options, user
 ):
+    """`user`: who the sandboxed job runs as, or None where bubblewrap cannot make the sandbox."""
     script = 'cat /proc/1/comm; ls /proc | grep -c "^[0-9]"; id -u'
     done = podman(
         "run", "--rm", *options, "--entrypoint", "sh", image, "-c", f"{BWRAP} sh -c '{script}'", check=False
     )  # fmt: skip
-    if sandboxed:
+    if user is None:
+        assert done.returncode != 0 and "bwrap:" in done.stderr, done.stdout + done.stderr
+    else:
         assert done.returncode == 0, done.stderr
         init, processes, uid = done.stdout.split()
         assert init == "bwrap" and int(processes) <= 4, done.stdout  # its own processes only, under bwrap's init
-        assert uid == "1000"
-    else:
-        assert done.returncode != 0 and "bwrap:" in done.stderr, done.stdout + done.stderr
+        assert uid == user
