@@ -3,6 +3,8 @@ the mirror apt uses (no container registry is needed), the project's image built
 what each test creates (containers, volumes, networks), removed after it whatever happened. The time each step
 took is printed at the end of the session."""
 
+import hashlib
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -62,16 +64,22 @@ def _codename() -> str:
     pytest.fail("no VERSION_CODENAME in /etc/os-release: not a Debian machine", pytrace=False)
 
 
+IMAGE = "localhost/job-orchestrator"
+LABEL = "org.job-orchestrator.tests.checkout"  # on the images the tests build: the checkout they come from
+
+
 @pytest.fixture(scope="session")
 def image(base_image) -> str:
-    """The project's image, built from the Containerfile on the base image: its id (a tag may move if another
-    test run builds meanwhile)."""
+    """The project's image, built from the Containerfile of this checkout on the base image: its id. Each
+    checkout has a tag of its own, so that a test run of another one never moves it meanwhile."""
     runner = Podman()
+    forget_gone_checkouts(runner)
+    checkout = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
     secret = ["--secret", f"id=ca,src={CA_BUNDLE}"] if CA_BUNDLE.exists() else []
-    options = ("--format", "docker", "--build-arg", f"BASE={base_image}", *secret, "--file", f"{ROOT}/Containerfile")
+    options = ("--format", "docker", "--build-arg", f"BASE={base_image}", *secret, "--label", f"{LABEL}={ROOT}")
     started = time.monotonic()
-    build(runner, "localhost/job-orchestrator-build:tests", *options, "--target", "build")
-    built = build(runner, "localhost/job-orchestrator:tests", *options)
+    build(runner, f"{IMAGE}-build:tests-{checkout}", *options, "--target", "build")
+    built = build(runner, f"{IMAGE}:tests-{checkout}", *options)
     timed("image built", started)
     return built
 
@@ -81,7 +89,18 @@ def build(runner: Podman, tag: str, *options: str) -> str:
     seconds, and the image it replaces is removed with the layers only it had (unless a container still uses
     it), so that the machine keeps one of each. The build stage is tagged too, for the same reason."""
     previous = runner("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
-    built = runner("build", "--quiet", *options, "--tag", tag, str(ROOT)).stdout.split()[-1]
+    built = runner("build", "--quiet", *options, "--tag", tag, "--file", f"{ROOT}/Containerfile", str(ROOT))
+    built = built.stdout.split()[-1]
     if previous and previous != built:
         runner("rmi", previous, check=False)
     return built
+
+
+def forget_gone_checkouts(runner: Podman) -> None:
+    """Remove the images the tests built from checkouts that no longer exist (CI's clones, removed worktrees),
+    and their build stages."""
+    images = json.loads(runner("images", "--filter", f"label={LABEL}", "--format", "json").stdout or "[]")
+    for image in images:
+        if not Path(image["Labels"][LABEL]).is_dir():
+            stages = [name.replace(IMAGE, f"{IMAGE}-build", 1) for name in image.get("Names") or []]
+            runner("rmi", "--force", image["Id"], *stages, check=False)
