@@ -60,6 +60,13 @@ class Podman:
         self("run", "-d", "--name", name, *args)
         return name
 
+    def run_once(self, *args: str) -> subprocess.CompletedProcess:
+        """`podman run --rm <args>` in the foreground, its output captured; removed after the test if it is
+        still there (a timeout)."""
+        name = self.name(f"once-{len(self.containers)}")
+        self.containers.append(name)
+        return self("run", "--rm", "--name", name, *args, check=False)
+
     def network(self, what: str) -> str:
         name = self.name(what)
         self.networks.append(name)

@@ -86,7 +86,7 @@ def test_a_server_and_a_client_container_run_a_job_sent_with_curl_and_stop_on_si
 
 def test_a_client_container_without_a_token_refuses_to_start(podman, image):
     """The image listens on every address of the container, so a client needs ORCH_TOKEN (or --insecure)."""
-    done = podman("run", "--rm", image, "client", check=False)
+    done = podman.run_once(image, "client")
     assert done.returncode == 2
     assert "set ORCH_TOKEN" in done.stderr
 
@@ -110,9 +110,7 @@ def test_bubblewrap_sandboxes_a_job_in_the_client_container_with_the_options_the
 ):
     """`user`: who the sandboxed job runs as, or None where bubblewrap cannot make the sandbox."""
     script = 'cat /proc/1/comm; ls /proc | grep -c "^[0-9]"; id -u'
-    done = podman(
-        "run", "--rm", *options, "--entrypoint", "sh", image, "-c", f"{BWRAP} sh -c '{script}'", check=False
-    )  # fmt: skip
+    done = podman.run_once(*options, "--entrypoint", "sh", image, "-c", f"{BWRAP} sh -c '{script}'")
     if user is None:
         assert done.returncode != 0 and "bwrap:" in done.stderr, done.stdout + done.stderr
     else:
