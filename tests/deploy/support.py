@@ -87,7 +87,7 @@ class Podman:
 
     def remove_all(self) -> None:
         for container in self.containers:
-            self("rm", "--force", "--time", "0", container, check=False)
+            self("rm", "--force", "--volumes", "--time", "0", container, check=False)  # and its anonymous /data
         for volume in self.volumes:
             self("volume", "rm", "--force", volume, check=False)
         for network in self.networks:
