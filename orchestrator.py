@@ -8,6 +8,7 @@ folder), then environment variables, then flags; the Config they make is passed 
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -102,6 +103,8 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)  # before anything else: a stop is never missed
     sockets = listen(config)
+    if config.port == 0:  # a free port was picked: the settings name it (a client announces its URL with it)
+        config = dataclasses.replace(config, port=sockets[0].getsockname()[1])
     try:
         ctx = open_node(config)
     except BaseException:
@@ -116,12 +119,7 @@ async def serve(config: Config) -> None:
         chunk_size=CHUNK_SIZE,
     )
     server.add_sockets(sockets)
-    log.info(
-        "%s listening on http://%s:%d (API documentation at /swagger-ui/)",
-        config.mode,
-        config.host,
-        sockets[0].getsockname()[1],
-    )
+    log.info("%s listening on http://%s:%d (API documentation at /swagger-ui/)", config.mode, config.host, config.port)
     beats = start_tasks(ctx)
     await stop.wait()
 

@@ -9,7 +9,7 @@ import argparse
 import asyncio
 from contextlib import ExitStack
 
-from bench import bigfiles, databases, latency, queue_scale, running, throughput, uploads
+from bench import bigfiles, clients, databases, latency, queue_scale, running, throughput, uploads
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "queue": queue_scale,
     "uploads": uploads,
     "running": running,
+    "clients": clients,
 }
 ON_BOTH = {"queue", "uploads"}  # the benchmarks that run on PostgreSQL too
 

@@ -1,8 +1,9 @@
-"""A cluster of real `orchestrator.py` processes (one server, one client) that the soak benchmark and the fault
-tests kill, stop and restart.
+"""A cluster of real `orchestrator.py` processes (one server, one client or more) that the soak benchmark and the
+fault tests kill, stop and restart.
 
-Every job's run.sh appends its tag to a ledger outside its folder, so that what ran can be counted: submitted,
-finished, lost (submitted but not finished), and run twice (a tag more than once in the ledger).
+Every job's run.sh appends its tag (and the folder it runs in) to a ledger outside its folder, so that what ran,
+and where, can be counted: submitted, finished, lost (submitted but not finished), and run twice (a tag more than
+once in the ledger).
 """
 
 import json
@@ -99,45 +100,64 @@ class Node:
         return (self.folder / f"{self.mode}.log").read_text(errors="replace")
 
 
-class Cluster:
-    """A client and a server with service `example` on it; a ledger in `root` that every job writes to."""
+def end_runs(client: Node) -> None:
+    """End the runs of run.sh that a client process left behind: they outlive it by design (their wrappers name
+    files in its folder; each leads its run's process group)."""
+    found = subprocess.run(["pgrep", "-f", str(client.folder / "data")], capture_output=True, text=True)
+    for pid in map(int, found.stdout.split()):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
-    def __init__(self, root: Path, server_env: dict[str, str], client_env: dict[str, str]):
+
+class Cluster:
+    """A server with service `example` on `clients` clients (the original's URLs for one, CLIENTS for more); a
+    ledger in `root` that every job writes to. `join()` starts one more client that joins by itself."""
+
+    def __init__(self, root: Path, server_env: dict[str, str], client_env: dict[str, str], clients: int = 1):
         self.root = root
         self.ledger = root / "ledger"
-        self.client = Node("client", root / "client", client_env)
+        self.client_env = client_env
+        self.clients = [Node("client", root / f"client{n or ''}", client_env) for n in range(clients)]
+        self.client = self.clients[0]
+        if clients == 1:
+            service = {
+                "SERVICE_EXAMPLE_UPLOAD_URL": f"{self.client.url}/submit",
+                "SERVICE_EXAMPLE_DOWNLOAD_URL": f"{self.client.url}/retrieve",
+            }
+        else:
+            service = {"SERVICE_EXAMPLE_CLIENTS": ",".join(client.url for client in self.clients)}
         self.server = Node(
             "server",
             root / "server",
-            {
-                "SERVICE_EXAMPLE_UPLOAD_URL": f"{self.client.url}/submit",
-                "SERVICE_EXAMPLE_DOWNLOAD_URL": f"{self.client.url}/retrieve",
-                "GETTER_INTERVAL": "0.05",
-                "SENDER_INTERVAL": "0.05",
-                **server_env,
-            },
+            {**service, "GETTER_INTERVAL": "0.05", "SENDER_INTERVAL": "0.05", **server_env},
         )
         self.jobs: dict[str, int] = {}  # tag -> job id
 
     def start(self) -> None:
-        self.client.start()
+        for client in self.clients:
+            client.start()
         self.server.start()
+
+    def join(self, services: str = "example") -> Node:
+        """Start another client that announces itself to the server for `services` (with the clients' token)."""
+        env = {**self.client_env, "SERVER_URL": self.server.url, "SERVICES": services}
+        joiner = Node("client", self.root / f"client{len(self.clients)}", env)
+        self.clients.append(joiner)
+        joiner.start()
+        return joiner
 
     def stop(self) -> None:
         self.server.stop()
-        self.client.stop()
-        # Runs of run.sh outlive a client by design: end those the test left behind (their wrappers name
-        # files in the client's folder; each leads its run's process group).
-        found = subprocess.run(["pgrep", "-f", str(self.client.folder)], capture_output=True, text=True)
-        for pid in map(int, found.stdout.split()):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for client in self.clients:
+            client.stop()
+        for client in self.clients:
+            end_runs(client)
 
     def script(self, tag: str, body: str = "") -> bytes:
-        """A run.sh that writes its tag to the ledger once it starts, then does `body`."""
-        return f"echo {tag} >> {self.ledger}\n{body}echo {tag} > out.txt\n".encode()
+        """A run.sh that writes its tag and folder to the ledger once it starts, then does `body`."""
+        return f'echo "{tag} $PWD" >> {self.ledger}\n{body}echo {tag} > out.txt\n'.encode()
 
     def submit(self, tag: str, body: str = "", user_id: int = 1) -> int:
         """Upload a job as a portal does (retrying while the server is down); return its id."""
@@ -173,4 +193,15 @@ class Cluster:
 
     def ran(self) -> Counter:
         """How many times each tag's run.sh started."""
-        return Counter(self.ledger.read_text().split()) if self.ledger.exists() else Counter()
+        return Counter(tag for tag, _ in self._runs())
+
+    def where(self) -> dict[str, list[str]]:
+        """For each tag, the clients (their folders' names) its run.sh started on, in order."""
+        places: dict[str, list[str]] = {}
+        for tag, folder in self._runs():
+            places.setdefault(tag, []).append(Path(folder).parents[2].name)  # <client>/data/client/<payload>
+        return places
+
+    def _runs(self) -> list[tuple[str, str]]:
+        lines = self.ledger.read_text().splitlines() if self.ledger.exists() else []
+        return [tuple(line.split(" ", 1)) for line in lines]

@@ -94,7 +94,9 @@ class Orchestrator:
             (self.folder / "server").mkdir()
             shutil.copy(server_db, self.folder / "server" / "server.sqlite")
         self.servers: list[Process] = []
-        self.client = Process("client", self.folder / "client", {"KILL_GRACE": "1", **(client_env or {})})
+        # As many slots as the service's MAX_RUNS sends: the benchmarks measure the orchestrator, not a node.
+        client_env = {"KILL_GRACE": "1", "SLOTS": "1000", **(client_env or {})}
+        self.client = Process("client", self.folder / "client", client_env)
         try:
             shared = {"DATA_PATH": str(self.folder / "data")} if servers > 1 else {}
             for n in range(servers):

@@ -2,7 +2,7 @@
 
 from tornado.web import Application
 
-from handlers import client, common, server
+from handlers import client, common, members, server
 from handlers.base import NotFoundHandler, log_request
 from orch.context import Context
 from orch.models import client_db, server_db
@@ -11,7 +11,7 @@ from orch.models import client_db, server_db
 def make_app(ctx: Context) -> Application:
     """The Tornado application of the context's mode (server or client), its database already open."""
     if ctx.config.mode == "server":
-        api, db = server.routes(ctx), server_db
+        api, db = server.routes(ctx) + members.routes(ctx), server_db
     else:
         api, db = client.routes(ctx), client_db
     return Application(

@@ -1,4 +1,4 @@
-"""The client's API, called by the server: submit, retrieve, partial retrieve, kill, load."""
+"""The client's API, called by the server: submit, retrieve, partial retrieve, kill, events, status, load."""
 
 import asyncio
 import json
@@ -7,7 +7,7 @@ import psutil
 from tornado.web import url
 
 from handlers.base import BaseHandler, UploadHandler, parse_id
-from orch import payloads
+from orch import members, payloads
 from orch.context import Context
 from orch.errors import BadRequest, Gone
 from orch.models import Payload
@@ -248,6 +248,39 @@ class Events(PayloadHandler):
             waiting.cancel()
 
 
+class ClientStatus(PayloadHandler):
+    def get(self) -> None:
+        """What the client can take and what it runs.
+
+        ---
+        tags: [health]
+        summary: The client's slots, payloads prepared and running, load and free disk
+        description: |
+          The server places each job on the client with the most free slots; it asks this when it begins to
+          follow a client (a client that joins by itself says its slots when it announces itself).
+        responses:
+          "401": {$ref: "#/components/responses/Unauthorized"}
+          "200":
+            description: The client's status.
+            content:
+              application/json:
+                schema:
+                  type: object
+                  required: [instance, version, slots, prepared, running, load, cpus, disk_free]
+                  properties:
+                    instance: {type: string, description: The client's instance id (changes if its data is lost).}
+                    version: {type: string}
+                    slots: {type: integer, description: Payloads it runs at once at most (SLOTS).}
+                    prepared: {type: integer, description: Payloads waiting for a slot.}
+                    running: {type: integer}
+                    load: {type: number, description: The machine's load average over the last minute.}
+                    cpus: {type: integer}
+                    disk_free: {type: integer, description: Free bytes on the disk of DATA_PATH.}
+        """
+        self.set_header(INSTANCE_HEADER, payloads.instance(self.ctx))
+        self.write_json(members.status(self.ctx))
+
+
 class Load(PayloadHandler):
     def get(self) -> None:
         """The machine's CPU use.
@@ -274,5 +307,6 @@ def routes(ctx: Context) -> list:
         url(r"/retrieve_partial/([^/]+)", RetrievePartial, args),
         url(r"/kill/([^/]+)", Kill, args),
         url(r"/events", Events, args),
+        url(r"/status", ClientStatus, args),
         url(r"/load", Load, args),
     ]

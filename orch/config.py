@@ -5,6 +5,7 @@ Only `orchestrator.py` calls `load()`; everything else receives the Config it bu
 
 import ipaddress
 import math
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -12,7 +13,16 @@ from urllib.parse import urlsplit
 
 MODES = ("server", "client")
 SERVICE_PREFIX = "SERVICE_"
-SERVICE_SETTINGS = ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL", "RUNS_PER_USER", "MAX_RUNS", "TIMEOUT")
+SERVICE_SETTINGS = (
+    "CLIENTS",
+    "UPLOAD_URL",
+    "DOWNLOAD_URL",
+    "TERMINATE_URL",
+    "RUNS_PER_USER",
+    "MAX_RUNS",
+    "TIMEOUT",
+    "RETRY_LOST",
+)
 SERVICE_VARIABLE = re.compile(rf"SERVICE_(?P<name>[A-Za-z0-9_]+?)_(?P<setting>{'|'.join(SERVICE_SETTINGS)})")
 
 
@@ -49,22 +59,22 @@ class ClientConfig:
         """The client's CPU use, beside its `/retrieve`."""
         return sibling_url(self.download_url, "load")
 
+    @property
+    def status_url(self) -> str:
+        """The client's `/status` (its slots), beside its `/retrieve`."""
+        return sibling_url(self.download_url, "status")
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Where a service's client listens and how many of its jobs may run at once."""
+    """A service: the clients listed for it (clients may also join by themselves), and how its jobs run."""
 
     name: str
-    upload_url: str
-    download_url: str
-    terminate_url: str
+    clients: tuple[ClientConfig, ...] = ()
     runs_per_user: int = 5
     max_runs: int = 10
     timeout: int | None = None  # walltime of a job in seconds; None: no limit
-
-    @property
-    def client(self) -> ClientConfig:
-        return ClientConfig(self.upload_url, self.download_url, self.terminate_url)
+    retry_lost: int = 0  # times a job lost with its client is queued again (its runs are then at least once)
 
 
 @dataclass(frozen=True)
@@ -91,10 +101,24 @@ class Config:
     db_url: str = ""  # a PostgreSQL database instead of DB_PATH's SQLite file
     job_env: str = "PATH,HOME,LANG,LC_ALL,TZ,TMPDIR,USER,LOGNAME"
     script_blocklist: bool = True
+    client_lease: float = 30
+    slots: int = 1  # the default is the number of CPUs (see `load`)
+    server_url: str = ""
+    advertise_url: str = ""
     # Not read from variables: the mode, the --insecure flag, and what is derived from other settings.
     insecure: bool = False
+    # Server: the configured services (SERVICE_<NAME>_*). Client: those it joins at SERVER_URL (SERVICES).
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     job_environment: dict[str, str] = field(default_factory=dict)
+
+    def client_at(self, address: str) -> ClientConfig:
+        """The client at `address`: as a service lists it (with the URLs given for it), else with this
+        project's endpoints under that address (a client that joined, or that is no longer listed)."""
+        for service in self.services.values():
+            for client in service.clients:
+                if client.address == address:
+                    return client
+        return ClientConfig.at(address)
 
     @property
     def database(self) -> Path | str:
@@ -131,8 +155,8 @@ def variable_name(field_name: str) -> str:
 
 
 def settings_variables() -> list[str]:
-    """Every plain (non-service) variable a Config reads, in field order."""
-    return [variable_name(f.name) for f in fields(Config) if f.name not in NOT_VARIABLES]
+    """Every plain (non-service) variable a Config reads, in field order, then SERVICES (a client's)."""
+    return [variable_name(f.name) for f in fields(Config) if f.name not in NOT_VARIABLES] + ["SERVICES"]
 
 
 def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None, insecure: bool = False) -> Config:
@@ -146,13 +170,14 @@ def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None
     values = {**env, **(overrides or {})}
     defaults = {f.name: f.default for f in fields(Config) if f.name not in NOT_VARIABLES}
     defaults.update(MODE_DEFAULTS[mode])
+    defaults["slots"] = os.cpu_count() or 1
     parsed = {}
     for name, default in defaults.items():
         raw = values.get(variable_name(name))
         parsed[name] = default if raw is None or raw.strip() == "" else _parse(name, raw.strip(), type(default))
     for path_name in ("db_path", "data_path"):
         parsed[path_name] = Path(parsed[path_name]).expanduser().absolute()
-    services = parse_services(env) if mode == "server" else {}
+    services = parse_services(env) if mode == "server" else joined_services(values.get("SERVICES", ""))
     # What a job gets of the client's environment: only the variables JOB_ENV names (never its token).
     passed = [name.strip() for name in parsed["job_env"].split(",") if name.strip()]
     job_environment = {name: env[name] for name in passed if name in env}
@@ -214,6 +239,44 @@ def validate(config: Config) -> None:
             f"HOST is {config.host}, so anyone who reaches this client could run code on it: set "
             "ORCH_TOKEN (the same on the server), or pass --insecure if the network is private"
         )
+    if not 0 < config.client_lease < math.inf:
+        raise ValueError(f"CLIENT_LEASE must be greater than 0, got {config.client_lease}")
+    if config.slots < 1:
+        raise ValueError(f"SLOTS must be at least 1, got {config.slots}")
+    for name in ("server_url", "advertise_url"):
+        if getattr(config, name):
+            check_url(variable_name(name), getattr(config, name))
+    if config.mode == "client" and config.server_url:
+        _check_joining(config)
+
+
+def _check_joining(config: Config) -> None:
+    """A client that joins a server by itself needs the token, services, and an address the server can reach."""
+    if not config.orch_token:
+        raise ValueError("SERVER_URL is set, so this client announces itself: set ORCH_TOKEN (the server's)")
+    if not config.services:
+        raise ValueError("SERVER_URL is set, so this client announces itself: set SERVICES (e.g. SERVICES=example)")
+    if not config.advertise_url and config.host in ("0.0.0.0", "::", ""):
+        raise ValueError(
+            f"HOST is {config.host!r}, which the server cannot call: set ADVERTISE_URL to this client's URL "
+            "as the server reaches it (e.g. http://node1:9000)"
+        )
+
+
+def check_url(variable: str, value: str) -> None:
+    """ValueError naming `variable` unless `value` is an http:// or https:// URL with a host."""
+    if not is_url(value):
+        raise ValueError(f"{variable} must be an http:// or https:// URL, got {value!r}")
+
+
+def is_url(value: str) -> bool:
+    """Whether `value` is an http:// or https:// URL with a host (and a port that is a number, if any)."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 (raises ValueError when it is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def check_db_url(url: str) -> None:
@@ -258,29 +321,63 @@ def parse_services(env: dict[str, str]) -> dict[str, ServiceConfig]:
 
 def _service(name: str, settings: dict[str, tuple[str, str]]) -> ServiceConfig:
     prefix = f"SERVICE_{name.upper()}_"
-    for required in ("UPLOAD_URL", "DOWNLOAD_URL"):
-        if not settings.get(required, ("", ""))[1]:
-            raise ValueError(f"{prefix}{required} is required for service {name!r}")
-    urls = {}
-    for setting in ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL"):
-        variable, value = settings.get(setting, (prefix + setting, ""))
-        if value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{variable} must be an http:// or https:// URL, got {value!r}")
-        urls[setting.lower()] = value.rstrip("/")
-    # The original needs TERMINATE_URL spelled out; here it defaults to the client's /kill beside /retrieve.
-    urls["terminate_url"] = urls["terminate_url"] or sibling_url(urls["download_url"], "kill")
     limits = {}
-    for setting, default in (("RUNS_PER_USER", "5"), ("MAX_RUNS", "10"), ("TIMEOUT", "")):
+    for setting, default, least in (("RUNS_PER_USER", "5", 1), ("MAX_RUNS", "10", 1), ("RETRY_LOST", "0", 0)):
         variable, value = settings.get(setting, (prefix + setting, default))
-        if setting == "TIMEOUT" and value in ("", "0"):
-            limits["timeout"] = None  # no walltime
-            continue
-        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
-            raise ValueError(f"{variable} must be a whole number of at least 1, got {value!r}")
+        if not re.fullmatch(r"[0-9]+", value) or int(value) < least:
+            raise ValueError(f"{variable} must be a whole number of at least {least}, got {value!r}")
         limits[setting.lower()] = int(value)
-    return ServiceConfig(name=name, **urls, **limits)
+    variable, value = settings.get("TIMEOUT", (prefix + "TIMEOUT", ""))
+    if value in ("", "0"):
+        limits["timeout"] = None  # no walltime
+    elif not re.fullmatch(r"[0-9]+", value):
+        raise ValueError(f"{variable} must be a whole number of at least 1, got {value!r}")
+    else:
+        limits["timeout"] = int(value)
+    return ServiceConfig(name=name, clients=_clients(name, settings), **limits)
+
+
+def _clients(name: str, settings: dict[str, tuple[str, str]]) -> tuple[ClientConfig, ...]:
+    """The clients listed for a service: the original's URL triple (one client), then CLIENTS (base URLs).
+
+    CLIENTS set but empty lists none: the service takes only clients that join by themselves."""
+    prefix = f"SERVICE_{name.upper()}_"
+    listed: dict[str, ClientConfig] = {}
+    if any(settings.get(setting, ("", ""))[1] for setting in ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL")):
+        urls = {}
+        for setting in ("UPLOAD_URL", "DOWNLOAD_URL", "TERMINATE_URL"):
+            variable, value = settings.get(setting, (prefix + setting, ""))
+            if not value and setting != "TERMINATE_URL":
+                raise ValueError(f"{variable} is required for service {name!r} (or list its clients in CLIENTS)")
+            if value:
+                check_url(variable, value)
+            urls[setting.lower()] = value.rstrip("/")
+        # The original needs TERMINATE_URL spelled out; here it defaults to the client's /kill beside /retrieve.
+        urls["terminate_url"] = urls["terminate_url"] or sibling_url(urls["download_url"], "kill")
+        client = ClientConfig(**urls)
+        listed[client.address] = client
+    elif "CLIENTS" not in settings:
+        raise ValueError(
+            f"{prefix}CLIENTS is required for service {name!r}: its clients' URLs, e.g. http://node1:9000 "
+            f"(or the original's {prefix}UPLOAD_URL and {prefix}DOWNLOAD_URL)"
+        )
+    variable, value = settings.get("CLIENTS", (prefix + "CLIENTS", ""))
+    for base in (part.strip().rstrip("/") for part in value.split(",")):
+        if not base:
+            continue
+        if not is_url(base) or urlsplit(base).query or urlsplit(base).fragment:
+            raise ValueError(f"{variable} must list http:// or https:// base URLs, separated by commas, got {base!r}")
+        listed.setdefault(base, ClientConfig.at(base))
+    return tuple(listed.values())
+
+
+def joined_services(raw: str) -> dict[str, ServiceConfig]:
+    """A client's SERVICES (`example,haddock`): the services it announces itself for, by lower-cased name."""
+    names = [part.strip() for part in raw.split(",") if part.strip()]
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise ValueError(f"SERVICES must list service names (letters, digits, _) separated by commas, got {raw!r}")
+    return {name.lower(): ServiceConfig(name.lower()) for name in names}
 
 
 def sibling_url(url: str, segment: str) -> str:

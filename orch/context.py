@@ -35,9 +35,10 @@ class Inflight:
         self._tasks: dict[Hashable, asyncio.Task] = {}
 
     def start(self, key: Hashable, work: Callable[[], Coroutine]) -> asyncio.Task:
-        """The task working on `key`, started from `work()` unless one is already running."""
+        """The task working on `key`, started from `work()` unless one is already running (one that has just
+        ended, its end not yet recorded, is not: work asked for now is never dropped)."""
         task = self._tasks.get(key)
-        if task is None:
+        if task is None or task.done():
             task = asyncio.ensure_future(work())
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))

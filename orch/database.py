@@ -13,10 +13,12 @@ from playhouse.shortcuts import ReconnectMixin
 from orch import migrations
 from orch.models import (
     MACHINES,
+    Abandoned,
     ClientFact,
     Cursor,
     Instance,
     Job,
+    JoinedClient,
     Lease,
     Payload,
     Server,
@@ -48,7 +50,7 @@ class Postgres(ReconnectMixin, PostgresqlDatabase):
 
 def open_server_db(location: Path | str) -> None:
     """Open the server's database: a SQLite file at `location`, or the PostgreSQL database it names."""
-    _open(server_db, location, Job, ServerFact, [Cursor, Server, Lease])
+    _open(server_db, location, Job, ServerFact, [Cursor, Server, Lease, JoinedClient, Abandoned])
 
 
 def open_client_db(location: Path | str) -> None:

@@ -41,14 +41,24 @@ class PayloadTooLarge(OrchError):
     status = 413
 
 
+class Forbidden(OrchError):
+    status = 403
+
+
 class ClientError(OrchError):
-    """A call to a service's client failed: `code` is its HTTP status, or 599 when it could not be reached."""
+    """A call to a service's client failed: `code` is its HTTP status, or 599 when it could not be reached.
+    `may_have_acted`: the whole request went out and the client may have acted on it before failing (a send
+    cut off after its last byte, or a 5xx), as opposed to a call it cannot have acted on (refused, or cut
+    off before its end)."""
 
     status = 502
 
-    def __init__(self, message: str, code: int, job_id: int = 0, job_status: str = "Unknown"):
+    def __init__(
+        self, message: str, code: int, job_id: int = 0, job_status: str = "Unknown", may_have_acted: bool = False
+    ):
         super().__init__(message, job_id, job_status)
         self.code = code
+        self.may_have_acted = may_have_acted
 
     @property
     def transient(self) -> bool:

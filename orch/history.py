@@ -146,8 +146,9 @@ def services_with_jobs() -> list[str]:
 
 
 def details(ctx: Context, job_id: int) -> dict:
-    """One job, whatever its status: its summary, its history (each change with its time and reason), how
-    many times it was sent (`attempts`), and the size of its result zip (None when there is none)."""
+    """One job, whatever its status: its summary, its history (each change with its time and reason), its
+    `attempts` (1, and one more each time it was queued again after its client lost it), and the size of its
+    result zip (None when there is none)."""
     job = get(job_id)
     events = list(
         JobEvent.select(JobEvent.src, JobEvent.dst, JobEvent.at, JobEvent.reason)
@@ -161,7 +162,7 @@ def details(ctx: Context, job_id: int) -> dict:
         result_size = None
     return {
         **{field.name: getattr(job, field.name) for field in SUMMARY},
-        "attempts": sum(1 for _, dst, _, _ in events if dst == Status.SUBMITTED),
+        "attempts": job.attempt,
         "result_size": result_size,
         "history": [{"from": src, "to": dst, "at": at, "reason": reason} for src, dst, at, reason in events],
     }

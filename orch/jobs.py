@@ -1,8 +1,9 @@
 """Server-side operations on jobs: create, look up, move, terminate, fetch a partial result, clean, recover
 after a restart; and the queries that the tasks run.
 
-A job's uploaded files live in `DATA_PATH/<folder>/` (the folder's name is the job's key), its result in
-`DATA_PATH/<folder>.zip`, outside the folder so that no uploaded file can stand for it.
+A job's uploaded files live in `DATA_PATH/<folder>/`, its result in `DATA_PATH/<folder>.zip`, outside the
+folder so that no uploaded file can stand for it. Its key, by which its client knows it, is its folder's name
+(`<folder>.<n>` from its second attempt on: see `orch.attempts`).
 """
 
 import asyncio
@@ -19,7 +20,7 @@ from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
 from orch.models import Job, create, fetch, run, server_db, set_values, transition
-from orch.states import FINISHED, Status
+from orch.states import ACTIVE, FINISHED, Status
 from orch.wire import GONE, Destination
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,12 @@ FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
 SEND_POLL = 0.05  # seconds between two looks at a job being sent by another server process
 # Plain SQL where it runs at every round or every event (see orch.models on the cost of building queries).
 DISPATCHED = 'SELECT "id", "client" FROM "jobs" WHERE "status" IN (?, ?)'
-BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ?'
+BY_KEY = 'SELECT "id", "status" FROM "jobs" WHERE "folder" = ? AND "attempt" = ?'
+RUNNING_ON = 'SELECT "client", COUNT(*) FROM "jobs" WHERE "status" = ? AND "client" IS NOT NULL GROUP BY "client"'
+PLACED = (
+    f'SELECT "client", COUNT(*) FROM "jobs" WHERE "status" IN ({", ".join("?" * len(ACTIVE))}) '
+    'AND "client" IS NOT NULL GROUP BY "client"'
+)
 
 
 def folder(ctx: Context, job: Job) -> Path:
@@ -41,18 +47,24 @@ def result_file(ctx: Context, job: Job) -> Path:
 
 
 def client_of(ctx: Context, job: Job) -> ClientConfig | None:
-    """The client a dispatched job was sent to: as configured if its service still lists it, else at the
-    address recorded on the job, so it is followed to its end whatever became of the configuration. None for a
-    job sent by a version that did not record it, whose service is gone."""
+    """The client a job is placed on, at the address recorded on it: as a service lists it if one does, else
+    at that address, so it is followed to its end whatever became of the configuration. A job sent by a version
+    that did not record it: its service's client if it lists one only; else None."""
+    if job.client:
+        return ctx.config.client_at(job.client)
     service = ctx.config.services.get(job.service)
-    if service is not None and job.client in (None, service.client.address):
-        return service.client
-    return ClientConfig.at(job.client) if job.client else None
+    return service.clients[0] if service is not None and len(service.clients) == 1 else None
+
+
+def key(job: Job) -> str:
+    """The job's key for its current attempt: its folder's name, then `<folder>.<attempt>` from the second, so
+    that a client never takes one attempt for another."""
+    return job.folder if job.attempt == 1 else f"{job.folder}.{job.attempt}"
 
 
 def destination(job: Job) -> Destination:
-    """Where a dispatched job is: its payload on its client. The job's folder name is its key."""
-    return Destination(job.dest_id, job.dest_instance, job.folder)
+    """Where a dispatched job is: its payload on its client, under the key of its current attempt."""
+    return Destination(job.dest_id, job.dest_instance, key(job))
 
 
 def as_json(job: Job, message: str | None = None) -> dict:
@@ -69,12 +81,21 @@ def get(job_id: int) -> Job:
 
 
 def move(
-    ctx: Context, job_id: int, src: Status, dst: Status, message: str | None = None, now: float | None = None, **values
+    ctx: Context,
+    job_id: int,
+    src: Status,
+    dst: Status,
+    message: str | None = None,
+    now: float | None = None,
+    at_attempt: int | None = None,
+    **values,
 ) -> bool:
-    """`orch.models.transition` of a job, now (or at `now`): False if it was no longer in `src`. The time it
-    waited or ran is recorded for the metrics."""
+    """`orch.models.transition` of a job, now (or at `now`): False if it was no longer in `src` (or, when
+    `at_attempt` is given, no longer at that attempt: what a client says of an earlier one changes nothing).
+    The time it waited or ran is recorded for the metrics."""
     now = ctx.clock() if now is None else now
-    moved = transition(Job, job_id, src, dst, now, message, **values)
+    where = None if at_attempt is None else {"attempt": at_attempt}
+    moved = transition(Job, job_id, src, dst, now, message, where, **values)
     if moved:
         timings.observe(ctx, job_id, src, dst, now)
     return moved
@@ -85,9 +106,31 @@ def dispatched() -> list[tuple[int, str | None]]:
     return run(server_db, DISPATCHED, (Status.SUBMITTED, Status.RUNNING)).fetchall()
 
 
-def by_key(key: str) -> tuple[int, str] | None:
-    """(id, status) of the job whose key (folder name) is `key`."""
-    return run(server_db, BY_KEY, (key,)).fetchone()
+def by_key(job_key: str) -> tuple[int, str] | None:
+    """(id, status) of the job whose current attempt has the key `job_key`; None for an earlier attempt's."""
+    folder_name, _, attempt = job_key.partition(".")
+    if attempt and not attempt.isdigit():
+        return None
+    return run(server_db, BY_KEY, (folder_name, int(attempt or 1))).fetchone()
+
+
+def placed() -> dict[str, int]:
+    """How many unfinished jobs (of every service) are placed on each client, by address."""
+    return dict(run(server_db, PLACED, sorted(ACTIVE)).fetchall())
+
+
+def running_on() -> dict[str, int]:
+    """How many jobs run on each client, by address."""
+    return dict(run(server_db, RUNNING_ON, (Status.RUNNING,)).fetchall())
+
+
+def pins(job_ids: list[int]) -> dict[int, str]:
+    """Of these queued jobs, those that must go back to the client a send of theirs may have reached: id ->
+    its address."""
+    if not job_ids:
+        return {}
+    sql = f'SELECT "id", "client" FROM "jobs" WHERE "client" IS NOT NULL AND "id" IN ({", ".join("?" * len(job_ids))})'
+    return dict(run(server_db, sql, job_ids).fetchall())
 
 
 def expired(before: float, limit: int) -> list[Job]:
@@ -279,9 +322,10 @@ def recover(ctx: Context) -> None:
             "%d queued jobs of service %r wait: it is not configured (SERVICE_%s_...)", count, name, name.upper()
         )
     for name, service in ctx.config.services.items():  # sent by a version that did not record the client
-        Job.update(client=service.client.address).where(
-            Job.service == name, Job.client.is_null(), Job.dest_id.is_null(False)
-        ).execute()
+        if len(service.clients) == 1:
+            Job.update(client=service.clients[0].address).where(
+                Job.service == name, Job.client.is_null(), Job.dest_id.is_null(False)
+            ).execute()
     strays = [
         entry
         for entry in ctx.data_path.iterdir()

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from orch import VERSION, overview, timings
+from orch import VERSION, overview, placement, timings
 from orch.context import Context
 from orch.models import client_db, run, server_db
 
@@ -75,7 +75,7 @@ class ServerCounts(Collector):
         services, users = overview.queues(self.ctx)
         yield from families(PER_SERVICE, ["service"], services, lambda row: [row["name"]])
         yield from families(PER_USER, ["service", "user_id"], users, lambda row: [row["service"], str(row["user_id"])])
-        clients = overview.clients(self.ctx, self.ctx.clock())
+        clients = placement.clients(self.ctx, self.ctx.clock())
         yield from families(PER_CLIENT, ["client"], clients, lambda row: [row["address"]])
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from peewee import CharField, Database, Model
 from playhouse.migrate import SchemaMigrator, migrate
 
-from orch.models import ClientFact, Job, Lease, Server, ServerFact, backend
+from orch.models import Abandoned, ClientFact, Job, JoinedClient, Lease, Server, ServerFact, backend
 
 Step = Callable[[Database, SchemaMigrator], None]
 
@@ -37,6 +37,15 @@ def _server_4(db: Database, migrator: SchemaMigrator) -> None:
     migrate(migrator.add_index(Job._meta.table_name, ("status", "id"), name="job_status_id"))
 
 
+def _server_5(db: Database, migrator: SchemaMigrator) -> None:
+    """Several clients per service: each job's attempt, the clients that joined by themselves, and the payloads
+    that lost clients may still hold."""
+    # Added NOT NULL with its SQL default in one statement: without allow_not_null, playhouse would rebuild
+    # the table on SQLite to add the constraint, and dropping the old one cascades to the job's history.
+    migrate(migrator.add_column(Job._meta.table_name, "attempt", Job.attempt, allow_not_null=True))
+    db.create_tables([JoinedClient, Abandoned])
+
+
 def _client_2(db: Database, migrator: SchemaMigrator) -> None:
     """Facts about the database (version, identity of its data folder)."""
     db.create_tables([ClientFact])
@@ -44,7 +53,7 @@ def _client_2(db: Database, migrator: SchemaMigrator) -> None:
 
 # STEPS[mode][n] brings a database of version n - 1 to version n.
 STEPS: dict[type[Model], dict[int, Step]] = {
-    ServerFact: {2: _server_2, 3: _server_3, 4: _server_4},
+    ServerFact: {2: _server_2, 3: _server_3, 4: _server_4, 5: _server_5},
     ClientFact: {2: _client_2},
 }
 VERSION = "schema_version"

@@ -10,6 +10,7 @@ import functools
 import logging
 
 from peewee import (
+    SQL,
     BooleanField,
     CharField,
     Check,
@@ -45,10 +46,13 @@ class Job(Model):
     service = CharField()
     status = status_field(JOB_STATUSES)
     folder = CharField()  # name of the job's folder under DATA_PATH
-    dest_id = IntegerField(null=True)  # payload id on the service's client once submitted
+    dest_id = IntegerField(null=True)  # payload id on its client once submitted
     dest_instance = CharField(null=True)  # the instance id of that client, when it says it
-    client = CharField(null=True)  # the address of the client it was sent to: followed there whatever the config
+    # The address of the client it is placed on (from its claim on), followed there whatever the config. Kept
+    # on a job back in the queue only while a send may have reached that client: it is sent there again.
+    client = CharField(null=True)
     owner = CharField(null=True)  # the server process sending it (Processing) or terminating it (Locked)
+    attempt = IntegerField(default=1, constraints=[SQL("DEFAULT 1")])  # +1 each time it is queued again (lost)
     message = TextField(default="")
     created_at = FloatField()
     updated_at = FloatField()
@@ -88,6 +92,38 @@ class Cursor(Model):
     class Meta:
         database = server_db
         table_name = "cursors"
+
+
+class JoinedClient(Model):
+    """A client that joined by itself: where it listens, what it serves, and its lease (until when it counts
+    as one of those services' clients unless it announces itself again)."""
+
+    address = CharField(primary_key=True)
+    services = TextField()  # service names, separated by commas
+    slots = IntegerField()
+    instance = CharField(default="")
+    joined_at = FloatField()
+    expires_at = FloatField()
+
+    class Meta:
+        database = server_db
+        table_name = "joined_clients"
+
+
+class Abandoned(Model):
+    """A payload that a lost client may still hold for a job that went on without it (queued again, or ended
+    Unknown): stopped once that client answers again, so it neither runs on nor takes a slot there."""
+
+    job = ForeignKeyField(Job, on_delete="CASCADE")
+    client = CharField()
+    dest_id = IntegerField()
+    dest_instance = CharField(null=True)
+    job_key = CharField()
+    at = FloatField()
+
+    class Meta:
+        database = server_db
+        table_name = "abandoned_payloads"
 
 
 class JobTransition(Model):
@@ -252,9 +288,10 @@ def _insert_sql(model: type[Model], columns: tuple[str, ...]) -> str:
 
 
 @functools.cache
-def _update_sql(model: type[Model], columns: tuple[str, ...]) -> str:
+def _update_sql(model: type[Model], columns: tuple[str, ...], guards: tuple[str, ...] = ()) -> str:
     changes = ", ".join(f'"{model._meta.fields[name].column_name}" = ?' for name in columns)
-    return f'UPDATE "{model._meta.table_name}" SET {changes} WHERE "id" = ? AND "status" = ?'
+    conditions = "".join(f' AND "{model._meta.fields[name].column_name}" = ?' for name in guards)
+    return f'UPDATE "{model._meta.table_name}" SET {changes} WHERE "id" = ? AND "status" = ?{conditions}'
 
 
 @functools.cache
@@ -309,9 +346,17 @@ def create(model: type[Model], status: Status, now: float, reason: str = "", **v
 
 
 def transition(
-    model: type[Model], row_id: int, src: Status, dst: Status, now: float, message: str | None = None, **values
+    model: type[Model],
+    row_id: int,
+    src: Status,
+    dst: Status,
+    now: float,
+    message: str | None = None,
+    where: dict | None = None,
+    **values,
 ) -> bool:
-    """Move row `row_id` of `model` from `src` to `dst`, setting `values` (and `message` if given).
+    """Move row `row_id` of `model` from `src` to `dst`, setting `values` (and `message` if given), provided
+    its columns also hold the values in `where` (e.g. the attempt an answer is about).
 
     Raises InvalidTransition for a pair the state machine does not allow. Returns False, changing nothing,
     when the row is no longer in `src` (someone else moved it first); True when it moved, with a history row.
@@ -324,11 +369,12 @@ def transition(
         changes["message"] = message
     if dst in FINISHED:
         changes["finished_at"] = now
-    columns = tuple(changes)
+    columns, guards = tuple(changes), tuple(where or ())
     params = [model._meta.fields[name].db_value(changes[name]) for name in columns] + [row_id, src]
+    params += [model._meta.fields[name].db_value(where[name]) for name in guards]
     db = model._meta.database
     with _unit(db):
-        if run(db, _update_sql(model, columns), params).rowcount != 1:
+        if run(db, _update_sql(model, columns, guards), params).rowcount != 1:
             return False
         _insert(events, {model._meta.name: row_id, "src": src, "dst": dst, "at": now, "reason": message or ""})
     _log_move(model, row_id, src, dst, message)

@@ -2,12 +2,12 @@
 running counts; the clients and their load; the recent failures. The dashboard and the metrics read these.
 
 Every count comes from the unfinished jobs only (an index seek on status), so it costs the same whatever the
-length of the history. A client is known by the services configured on it and by the jobs recorded on it.
+length of the history. The clients are those `orch.placement.clients` sums up, with their load.
 """
 
 import asyncio
 
-from orch import tracking
+from orch import placement
 from orch.context import Context
 from orch.errors import ClientError
 from orch.models import Job, run, server_db
@@ -21,17 +21,13 @@ COUNTS = (
     f'SELECT "service", "user_id", "status", COUNT(*) FROM "jobs" WHERE "status" IN '
     f'({", ".join("?" * len(UNFINISHED))}) GROUP BY "service", "user_id", "status"'
 )
-ON_CLIENTS = (
-    f'SELECT "client", "status", COUNT(*) FROM "jobs" WHERE "status" IN ({", ".join("?" * len(ACTIVE))}) '
-    f'GROUP BY "client", "status"'
-)
 
 
 async def snapshot(ctx: Context) -> dict:
     """What the dashboard shows: `services`, `users` (the MAX_USERS with the most queued jobs), `clients` with
     their `load`, the recent `failures`, and when (`at`)."""
     services, users = queues(ctx)
-    found = clients(ctx, ctx.clock())
+    found = placement.clients(ctx, ctx.clock())
     cpu = await loads(ctx, [client["address"] for client in found])
     for client in found:
         client["load"] = cpu[client["address"]]
@@ -81,46 +77,13 @@ def queues(ctx: Context) -> tuple[list[dict], list[dict]]:
     return list(services.values()), ranked
 
 
-def clients(ctx: Context, now: float) -> list[dict]:
-    """Each client, configured or holding jobs: its `address`, the `services` configured on it, whether it
-    answers (`up`; when not: `down_for` seconds and `reason`), and the jobs on it (`jobs`: sent and not
-    finished, `running`: of them Running)."""
-    found: dict[str, dict] = {}
-
-    def entry(address: str) -> dict:
-        if address not in found:
-            trouble = tracking.trouble(ctx, address, now)
-            found[address] = {
-                "address": address,
-                "services": [],
-                "up": trouble is None,
-                "down_for": trouble[0] if trouble else 0.0,
-                "reason": trouble[1] if trouble else "",
-                "jobs": 0,
-                "running": 0,
-            }
-        return found[address]
-
-    for name, service in sorted(ctx.config.services.items()):
-        entry(service.client.address)["services"].append(name)
-    for address, status, count in run(server_db, ON_CLIENTS, sorted(ACTIVE)).fetchall():
-        if address:
-            entry(address)["jobs"] += count
-            if status == Status.RUNNING:
-                entry(address)["running"] += count
-    return sorted(found.values(), key=lambda client: client["address"])
-
-
 async def loads(ctx: Context, addresses: list[str]) -> dict[str, float | None]:
-    """The CPU use in percent of the configured clients at `addresses`, asked all at once (None for a client
-    that does not answer within LOAD_TIMEOUT)."""
-    configured = {service.client.address: service.client for service in ctx.config.services.values()}
+    """The CPU use in percent of the clients at `addresses`, asked all at once (None for a client that does not
+    answer within LOAD_TIMEOUT)."""
 
     async def load(address: str) -> float | None:
-        if address not in configured:
-            return None
         try:
-            return await ctx.clients.load(configured[address], LOAD_TIMEOUT)
+            return await ctx.clients.load(ctx.config.client_at(address), LOAD_TIMEOUT)
         except ClientError:
             return None
 

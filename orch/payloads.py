@@ -34,6 +34,7 @@ EVENTS_AFTER = (
 BY_JOB_KEY = 'SELECT "id" FROM "payloads" WHERE "job_key" = ?'
 PREPARED = 'SELECT "id" FROM "payloads" WHERE "status" = ? ORDER BY "id" LIMIT ?'
 RUNNING = 'SELECT "id", "pid" FROM "payloads" WHERE "status" = ?'
+COUNT = 'SELECT COUNT(*) FROM "payloads" WHERE "status" = ?'
 JOB_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # it travels back in a response header
 MAX_WALLTIME = 10 * 365 * 86400
 
@@ -251,6 +252,11 @@ def prepared(limit: int) -> list[Payload]:
 def running() -> list[tuple[int, int]]:
     """(id, pid) of every Running payload."""
     return run(client_db, RUNNING, (Status.RUNNING,)).fetchall()
+
+
+def count(status: Status) -> int:
+    """How many payloads are in `status`."""
+    return run(client_db, COUNT, (status,)).fetchone()[0]
 
 
 def expired(before: float, limit: int) -> list[Payload]:

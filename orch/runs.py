@@ -139,5 +139,6 @@ def _finish(ctx: Context, payload_id: int, code: int | None) -> None:
     else:
         status, message = Status.FAILED, f"{payloads.SCRIPT} exited with code {code}"
     moved = payloads.move(ctx, payload_id, Status.RUNNING, status, message, exit_code=code)
+    ctx.wake("runner")  # its slot is free
     if moved and status == Status.COMPLETED:
         payloads.start_zip(ctx, payload_id)  # ready by the time the server asks for it

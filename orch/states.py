@@ -30,7 +30,8 @@ S = Status
 FINISHED = frozenset({S.COMPLETED, S.FAILED, S.INVALID, S.KILLED, S.UNKNOWN})
 
 # Server side. Queued -> Processing (claimed by the sender) -> Submitted (the client accepted it) ->
-# Running -> finished. Locked: a terminate is talking to the client.
+# Running -> finished. Locked: a terminate is talking to the client. Submitted or Running -> Queued: lost with
+# its client, queued again as its next attempt (SERVICE_<NAME>_RETRY_LOST).
 JOB_TRANSITIONS = [
     (S.QUEUED, S.PROCESSING),
     (S.QUEUED, S.KILLED),
@@ -38,8 +39,8 @@ JOB_TRANSITIONS = [
     (S.PROCESSING, S.SUBMITTED),
     (S.PROCESSING, S.QUEUED),
     (S.PROCESSING, S.FAILED),
-    *((S.SUBMITTED, dst) for dst in (S.RUNNING, S.LOCKED, *FINISHED)),
-    *((S.RUNNING, dst) for dst in (S.LOCKED, *FINISHED)),
+    *((S.SUBMITTED, dst) for dst in (S.RUNNING, S.LOCKED, S.QUEUED, *FINISHED)),
+    *((S.RUNNING, dst) for dst in (S.LOCKED, S.QUEUED, *FINISHED)),
     (S.LOCKED, S.KILLED),
     (S.LOCKED, S.SUBMITTED),
     (S.LOCKED, S.RUNNING),

@@ -9,14 +9,15 @@ at every getter round.
 
 Failures are recorded per client, by every caller (sends, polls, the stream): one record says when to call it
 again (after 1 s, 2 s, 4 s... up to a minute) and since when it fails. A client failing for CLIENT_LOST_AFTER
-is lost: its jobs end. Everything here is keyed by client (its address), never by service.
+is lost: its jobs end, or are queued again (`orch.attempts`); what it may still run of them is stopped once it
+answers again. Everything here is keyed by client (its address), never by service.
 """
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from orch import jobs, peers
+from orch import attempts, jobs, members, peers
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import ClientError
@@ -125,15 +126,21 @@ def lost(ctx: Context, address: str, now: float) -> str | None:
     return f"for {down:.0f} s at {address}: {health.reason(address)}"
 
 
-def trouble(ctx: Context, address: str, now: float) -> tuple[float, str] | None:
-    """While calls to the client at `address` fail: for how many seconds, and why; None while it answers."""
+def answered(ctx: Context, client: ClientConfig) -> None:
+    """Record that `client` answered."""
+    _state(ctx).health.succeeded(client.address)
+
+
+def failing(ctx: Context, address: str, now: float) -> tuple[float, str] | None:
+    """While calls to the client at `address` fail: for how many seconds at `now`, and why; None while it
+    answers."""
     health = _state(ctx).health
     return (health.down_for(address, now), health.reason(address)) if health.failing(address) else None
 
 
-def answered(ctx: Context, client: ClientConfig) -> None:
-    """Record that `client` answered."""
-    _state(ctx).health.succeeded(client.address)
+def followed(ctx: Context, address: str) -> bool:
+    """Whether the event stream of the client at `address` is followed live."""
+    return address in _state(ctx).live
 
 
 # ---- Polls
@@ -161,6 +168,30 @@ def poll_due(ctx: Context, now: float) -> int:
     for client in swept:
         tracking.live[client] = now
     return started
+
+
+def stop_leftovers(ctx: Context, now: float) -> int:
+    """Start stopping each payload that a lost client may still run for a job that went on without it
+    (`orch.attempts`), on clients that may be called now; return how many started. Those left for MAX_AGE are
+    given up: that client is gone for good."""
+    started = 0
+    for leftover in attempts.leftovers():
+        if now - leftover.since > ctx.config.max_age:
+            attempts.forget(leftover, "given up after MAX_AGE")
+        elif ("leftover", leftover.record) not in ctx.inflight and _state(ctx).health.ready(leftover.address, now):
+            ctx.inflight.start(("leftover", leftover.record), lambda leftover=leftover: _stop(ctx, leftover, now))
+            started += 1
+    return started
+
+
+async def _stop(ctx: Context, leftover: attempts.Leftover, now: float) -> None:
+    client = ctx.config.client_at(leftover.address)
+    try:
+        await attempts.stop(ctx, leftover)
+    except ClientError as e:
+        failed(ctx, client, now, e.message)
+        return
+    answered(ctx, client)
 
 
 def poll_soon(ctx: Context, job_id: int) -> None:
@@ -192,15 +223,15 @@ async def _poll_once(ctx: Context, job_id: int, now: float) -> None:
         return  # it ended meanwhile
     client = jobs.client_of(ctx, job)
     if client is None:
-        _finish(ctx, job_id, status, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
+        _finish(ctx, job, Status.UNKNOWN, f"service {job.service!r} is no longer configured")
         return
     try:
         answer = await ctx.clients.retrieve(client, jobs.destination(job), jobs.result_file(ctx, job))
     except ClientError as e:
         if e.code == 404:
-            _finish(ctx, job_id, status, Status.UNKNOWN, f"the client no longer knows this job (payload {job.dest_id})")
+            attempts.lose(ctx, job, f"the client no longer knows this job (payload {job.dest_id})", held=False)
         elif e.code == GONE:
-            _finish(ctx, job_id, status, Status.UNKNOWN, e.message)
+            attempts.lose(ctx, job, e.message, held=False)
         else:
             failed(ctx, client, now, e.message)
             if (why := lost(ctx, client.address, now)) is not None:
@@ -213,7 +244,7 @@ async def _poll_once(ctx: Context, job_id: int, now: float) -> None:
         return
     answered(ctx, client)
     if answer is None:
-        _finish(ctx, job_id, status, Status.COMPLETED, "")
+        _finish(ctx, job, Status.COMPLETED, "")
         return
     try:
         reported = Status(answer.get("status"))
@@ -224,18 +255,25 @@ async def _poll_once(ctx: Context, job_id: int, now: float) -> None:
     if mirrored is None or mirrored == status:
         return
     message = answer.get("message") or DEFAULT_MESSAGES.get(reported, f"the client reports the job as {reported}")
-    _finish(ctx, job_id, status, mirrored, message if mirrored in FINISHED else None)
+    _finish(ctx, job, mirrored, message if mirrored in FINISHED else None)
 
 
 def _lose(ctx: Context, job_id: int, why: str) -> None:
-    """End a dispatched job whose client is lost."""
+    """End (or queue again) a dispatched job whose client is lost."""
     job = jobs.get(job_id)
     if job.status in POLLED:
-        _finish(ctx, job_id, Status(job.status), Status.UNKNOWN, f"lost contact with the {job.service} client {why}")
+        attempts.lose(ctx, job, f"lost contact with the {job.service} client {why}", held=True)
 
 
-def _finish(ctx: Context, job_id: int, src: Status, dst: Status, message: str | None) -> None:
-    if jobs.move(ctx, job_id, src, dst, message) and dst in FINISHED:
+def _finish(ctx: Context, job, dst: Status, message: str | None) -> None:
+    """Record what its client said of a polled job (as read before the poll): `dst`, from the status it is in
+    now if it is still on its client at the same attempt (an event may have marked it Running meanwhile); nothing
+    if it moved on (it ended, is being terminated, or is at another attempt: an answer is about the attempt it
+    was asked for)."""
+    current = Status(jobs.get(job.id).status)
+    if current not in POLLED or current == dst:
+        return
+    if jobs.move(ctx, job.id, current, dst, message, at_attempt=job.attempt) and dst in FINISHED:
         ctx.wake("sender")  # a slot is free
 
 
@@ -259,14 +297,20 @@ def send_ended(ctx: Context, job_id: int, payload_status: str | None) -> None:
 
 
 def follow_clients(ctx: Context, now: float) -> int:
-    """Follow the event stream of each client this process is responsible for (configured ones, and those that
-    dispatched jobs were sent to: see `_responsible`), unless it has none; stop following those another
-    process took over. Return how many clients this process follows."""
+    """Follow the event stream of each client this process is responsible for (those of the services, listed or
+    joined at `now`, and those that dispatched jobs were sent to: see `_responsible`), unless it has none; stop
+    following those that left (their jobs are polled) or that another process took over. Return how many
+    clients this process follows."""
     tracking = _state(ctx)
-    clients = {service.client.address: service.client for service in ctx.config.services.values()}
+    joined = members.joined(now)
+    clients = {
+        client.address: client
+        for service in ctx.config.services.values()
+        for client in members.clients_of(service, joined)
+    }
     for _, address in jobs.dispatched():
         if address is not None and address not in clients:
-            clients[address] = ClientConfig.at(address)
+            clients[address] = ctx.config.client_at(address)
     mine = {address for address in clients if _responsible(ctx, address, now)}
     for address, task in list(tracking.follows.items()):
         if address not in mine:

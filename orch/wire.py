@@ -4,7 +4,8 @@ submit: POST `UPLOAD_URL`, multipart with one part per input file, answered by a
 server keeps as `dest_id`. retrieve: GET `DOWNLOAD_URL/{dest_id}`, a zip (Content-Type application/zip) once
 the payload completed, its Payload JSON before. retrieve_partial: GET `.../retrieve_partial/{dest_id}`, a zip.
 kill: POST `TERMINATE_URL/{dest_id}`. events (this project's clients only): GET `.../events?after=N`, a
-long-poll of payload status changes, so the server learns at once that a job finished.
+long-poll of payload status changes, so the server learns at once that a job finished; status: GET
+`.../status`, how many payloads the client runs at once (its slots).
 
 Added, and ignored by clients of the original: the submit carries the job's key (a client that already has a
 payload for it answers that payload instead of running the job twice) and its walltime; every call carries
@@ -33,6 +34,7 @@ ZIP_TYPE = "application/zip"
 EVENTS_WAIT = 25.0  # seconds a long-poll of a client's events waits for a change, unless asked otherwise
 MAX_EVENTS_WAIT = 60.0
 MAX_JSON_SIZE = 1024 * 1024
+STATUS_TIMEOUT = 10.0  # seconds a client may take to say its status (it answers from memory and its database)
 INSTANCE_HEADER = "X-Orchestrator-Instance"
 JOB_HEADER = "X-Orchestrator-Job"
 GONE = 410  # the code of a ClientError saying the payload is not (or no longer) this job's
@@ -76,7 +78,10 @@ class ClientAPI:
             + sum(len(part) + path.stat().st_size + 2 for part, path in zip(heads, files, strict=True))
         )
 
+        whole = False  # from the last write on, the client may have the whole body, and make a payload of it
+
         async def produce(write: Callable[[bytes], Awaitable[None]]) -> None:
+            nonlocal whole
             await write(head)
             for part, path in zip(heads, files, strict=True):
                 await write(part)
@@ -84,15 +89,20 @@ class ClientAPI:
                     while chunk := source.read(COPY_CHUNK):
                         await write(chunk)
                 await write(b"\r\n")
+            whole = True
             await write(tail)
 
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)}
         url = client.upload_url
-        response = await self._fetch(url, method="POST", headers=headers, body_producer=produce)
-        payload = _answer(url, response.code, response.body)
-        if not isinstance(payload.get("id"), int) or payload["id"] < 1:
-            raise ClientError(f"{url} answered without a payload id", 502)
-        _check_job(url, response.headers, job_key)
+        try:
+            response = await self._fetch(url, method="POST", headers=headers, body_producer=produce)
+            payload = _answer(url, response.code, response.body)
+            if not isinstance(payload.get("id"), int) or payload["id"] < 1:
+                raise ClientError(f"{url} answered without a payload id", 502)
+            _check_job(url, response.headers, job_key)
+        except ClientError as e:
+            e.may_have_acted = whole and e.code >= 500
+            raise
         return Destination(payload["id"], response.headers.get(INSTANCE_HEADER), job_key), str(payload.get("status"))
 
     async def retrieve(self, client: ClientConfig, dest: Destination, zip_path: Path) -> dict | None:
@@ -131,6 +141,13 @@ class ClientAPI:
             return float(json.loads(response.body))
         except (ValueError, TypeError):
             raise ClientError(f"{client.load_url} answered with something that is not a number", 502) from None
+
+    async def status(self, client: ClientConfig) -> dict:
+        """The client's `/status`: its instance, slots, payloads prepared and running, load and free disk.
+        ClientError 404 from clients that have none."""
+        url = client.status_url
+        response = await self._fetch(url, request_timeout=min(self.request_timeout, STATUS_TIMEOUT))
+        return _answer(url, response.code, response.body)
 
     async def _download(self, url: str, dest: Destination, zip_path: Path, zip_required: bool) -> dict | None:
         sink = _ZipOrJson(zip_path, self.tmp_path)

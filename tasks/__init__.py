@@ -13,6 +13,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from orch import peers, tracking
 from orch.context import Context
+from tasks.announcer import announce_client
 from tasks.cleaner import clean_jobs, clean_payloads
 from tasks.getter import poll_dispatched
 from tasks.heartbeat import heartbeat
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 Tick = Callable[[Context, float], Awaitable[int]]
 WATCHER_INTERVAL = 1.0  # seconds between two looks at which clients this process follows
 HEARTBEAT_INTERVAL = peers.LEASE / 3  # a process stays alive in its peers' eyes through two missed beats
+ANNOUNCER_INTERVAL = 0.5  # seconds between two looks at whether a client should announce itself again
 
 
 class Beat:
@@ -87,6 +89,8 @@ def start_tasks(ctx: Context) -> list[Beat]:
             Beat(ctx, "runner", start_prepared, config.runner_interval),
             Beat(ctx, "cleaner", clean_payloads, config.cleaner_interval),
         ]
+        if config.server_url:
+            beats.append(Beat(ctx, "announcer", announce_client, ANNOUNCER_INTERVAL))
     for beat in beats:
         beat.start()
     return beats

@@ -6,7 +6,7 @@ from orch.context import Context
 
 async def send_queued(ctx: Context, now: float) -> int:
     """Claim what each service may start now and start sending it; return how many."""
-    claimed = dispatch.claim(ctx, now)
+    claimed = await dispatch.claim(ctx, now)
     for job_id in claimed:
         dispatch.start_send(ctx, job_id, now)
     return len(claimed)

@@ -6,5 +6,6 @@ from orch.context import Context
 
 
 async def follow_clients(ctx: Context, now: float) -> int:
-    """Follow the clients this process is responsible for; return how many."""
+    """Follow the clients this process is responsible for (and stop following those that left); return how
+    many."""
     return tracking.follow_clients(ctx, now)

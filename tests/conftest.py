@@ -105,19 +105,25 @@ def nodes(io_loop, tmp_path, server_database):
 
     def start(mode: str, tasks: bool = False, **settings) -> Node:
         database = {"DB_URL": server_database} if isinstance(server_database, str) and mode == "server" else {}
+        sock, port = bind_unused_port()  # first, as a process claims its port: its settings name the real one
         env = {
             "DB_PATH": str(tmp_path / f"{mode}.sqlite"),
             **database,
             "DATA_PATH": str(tmp_path / mode),
             "HOST": "127.0.0.1",
+            "PORT": str(port),
             "KILL_GRACE": "1",
             "SENDER_INTERVAL": "0.05",
             "GETTER_INTERVAL": "0.05",
             "RUNNER_INTERVAL": "0.05",
+            "SLOTS": "100",  # tests that run many jobs at once are not about a client's slots
         }
         env.update({name.upper(): str(value) for name, value in settings.items()})
-        ctx = open_node(load(mode, env))
-        sock, port = bind_unused_port()
+        try:
+            ctx = open_node(load(mode, env))
+        except BaseException:
+            sock.close()
+            raise
         http_server = HTTPServer(make_app(ctx))
         http_server.add_socket(sock)
         node = Node(ctx, f"http://127.0.0.1:{port}", http_server)

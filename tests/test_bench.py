@@ -3,7 +3,7 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 
 import pytest
 
-from bench import bigfiles, harness, latency, queue_scale, running, soak, throughput, uploads
+from bench import bigfiles, clients, harness, latency, queue_scale, running, soak, throughput, uploads
 from orch.database import close
 from orch.models import server_db
 
@@ -85,3 +85,9 @@ async def test_running(capsys):
     result = await running.measure(jobs=5, seconds=0.3)
     assert result["server"] >= 0 and result["client"] >= 0
     assert "of a core" in capsys.readouterr().out
+
+
+async def test_clients(capsys):
+    result = await clients.measure(jobs=5, counts=(1, 2))
+    assert result[1] > 0 and result[2] > 0
+    assert "jobs/s" in capsys.readouterr().out

@@ -304,6 +304,7 @@ async def test_client_openapi_document_lists_its_routes(client):
         "/retrieve/{payload_id}": {"get", "head"},
         "/retrieve_partial/{payload_id}": {"get", "head"},
         "/kill/{payload_id}": {"post"},
+        "/status": {"get"},
         "/load": {"get"},
         "/metrics": {"get"},
         "/": {"get"},

@@ -34,15 +34,10 @@ def service_env(name: str, **settings: str) -> dict[str, str]:
 
 
 def test_service_config_keeps_its_fields_as_given():
-    service = ServiceConfig(
-        name="foo",
-        upload_url="http://a/submit",
-        download_url="http://a/retrieve",
-        terminate_url="http://a/kill",
-        runs_per_user=3,
-        max_runs=7,
-    )
-    assert (service.name, service.upload_url, service.download_url, service.terminate_url) == (
+    client = ClientConfig(upload_url="http://a/submit", download_url="http://a/retrieve", terminate_url="http://a/kill")
+    service = ServiceConfig(name="foo", clients=(client,), runs_per_user=3, max_runs=7)
+    (listed,) = service.clients
+    assert (service.name, listed.upload_url, listed.download_url, listed.terminate_url) == (
         "foo",
         "http://a/submit",
         "http://a/retrieve",
@@ -83,9 +78,13 @@ def test_service_variables_make_a_service_with_their_urls_and_limits():
     assert config.services == {
         "foo": ServiceConfig(
             name="foo",
-            upload_url="http://node1:9000/submit",
-            download_url="http://node1:9000/retrieve",
-            terminate_url="http://node1:9000/terminate",
+            clients=(
+                ClientConfig(
+                    upload_url="http://node1:9000/submit",
+                    download_url="http://node1:9000/retrieve",
+                    terminate_url="http://node1:9000/terminate",
+                ),
+            ),
             runs_per_user=3,
             max_runs=2,
         )
@@ -100,8 +99,8 @@ def test_several_services_are_all_parsed_with_their_own_urls():
     }
     services = load("server", env).services
     assert sorted(services) == ["bar", "baz"]
-    assert services["bar"].upload_url == "http://node1:9000/submit"
-    assert services["baz"].upload_url == "http://node2:9000/submit"
+    assert services["bar"].clients[0].upload_url == "http://node1:9000/submit"
+    assert services["baz"].clients[0].upload_url == "http://node2:9000/submit"
     assert services.get("missing") is None
 
 
@@ -222,6 +221,28 @@ BAD_VALUES = [
     ("server", {**FOO, "SERVICE_X_UPLOAD_ULR": "http://node1:9000/submit"}, "SERVICE_X_UPLOAD_ULR"),
     ("server", {**FOO, "SERVICE_FOO": "http://node1:9000/submit"}, "SERVICE_FOO"),
     ("server", {**FOO, "SERVICE_FOO_BAR": "1"}, "SERVICE_FOO_BAR"),
+    ("server", {"SERVICE_FOO_MAX_RUNS": "3"}, "SERVICE_FOO_CLIENTS"),
+    ("server", {"SERVICE_FOO_CLIENTS": "node1:9000"}, "SERVICE_FOO_CLIENTS"),
+    ("server", {"SERVICE_FOO_CLIENTS": "http://node1:9000,ftp://node2"}, "SERVICE_FOO_CLIENTS"),
+    ("server", {"SERVICE_FOO_CLIENTS": "http://node1:9000;http://node2:9000"}, "SERVICE_FOO_CLIENTS"),
+    ("server", {"SERVICE_FOO_CLIENTS": "http://"}, "SERVICE_FOO_CLIENTS"),
+    ("server", {"SERVICE_FOO_CLIENTS": "http://node1:9000/?x=1"}, "SERVICE_FOO_CLIENTS"),
+    ("server", service_env("FOO", retry_lost="-1"), "SERVICE_FOO_RETRY_LOST"),
+    ("server", service_env("FOO", retry_lost="twice"), "SERVICE_FOO_RETRY_LOST"),
+    ("server", {"CLIENT_LEASE": "0"}, "CLIENT_LEASE"),
+    ("client", {"SLOTS": "0"}, "SLOTS"),
+    ("client", {"SLOTS": "many"}, "SLOTS"),
+    ("client", {"SERVER_URL": "server:5000"}, "SERVER_URL"),
+    ("client", {"SERVER_URL": "http://server:5000", "SERVICES": "example"}, "ORCH_TOKEN"),
+    ("client", {"SERVER_URL": "http://server:5000", "ORCH_TOKEN": "t"}, "SERVICES"),
+    ("client", {"SERVER_URL": "http://server:5000", "ORCH_TOKEN": "t", "SERVICES": "ex ample"}, "SERVICES"),
+    ("client", {"SERVICES": "example;haddock"}, "SERVICES"),
+    ("client", {"ADVERTISE_URL": "node1"}, "ADVERTISE_URL"),
+    (
+        "client",
+        {"SERVER_URL": "http://server:5000", "ORCH_TOKEN": "t", "SERVICES": "example", "HOST": "0.0.0.0"},
+        "ADVERTISE_URL",
+    ),
 ]
 
 
@@ -254,7 +275,7 @@ def test_a_service_name_may_contain_underscores():
     services = load("server", service_env("MY_SVC", max_runs="4", runs_per_user="2")).services
     assert list(services) == ["my_svc"]
     assert (services["my_svc"].max_runs, services["my_svc"].runs_per_user) == (4, 2)
-    assert services["my_svc"].upload_url == "http://node1:9000/submit"
+    assert services["my_svc"].clients[0].upload_url == "http://node1:9000/submit"
 
 
 def test_a_service_name_may_end_like_a_setting_word():
@@ -263,24 +284,24 @@ def test_a_service_name_may_end_like_a_setting_word():
 
 
 def test_terminate_url_defaults_to_kill_beside_the_download_url():
-    service = load("server", FOO).services["foo"]
-    assert service.terminate_url == "http://node1:9000/kill"
+    (client,) = load("server", FOO).services["foo"].clients
+    assert client.terminate_url == "http://node1:9000/kill"
 
 
 def test_terminate_url_default_keeps_the_download_urls_prefix():
     env = {"SERVICE_FOO_UPLOAD_URL": "https://gw/api/submit", "SERVICE_FOO_DOWNLOAD_URL": "https://gw/api/retrieve/"}
-    assert load("server", env).services["foo"].terminate_url == "https://gw/api/kill"
+    assert load("server", env).services["foo"].clients[0].terminate_url == "https://gw/api/kill"
 
 
 def test_a_terminate_url_given_is_kept():
     env = {**FOO, "SERVICE_FOO_TERMINATE_URL": "http://node1:9000/terminate"}
-    assert load("server", env).services["foo"].terminate_url == "http://node1:9000/terminate"
+    assert load("server", env).services["foo"].clients[0].terminate_url == "http://node1:9000/terminate"
 
 
 def test_trailing_slashes_are_dropped_from_service_urls_since_ids_are_appended():
     env = {"SERVICE_FOO_UPLOAD_URL": "http://n:9000/submit/", "SERVICE_FOO_DOWNLOAD_URL": "http://n:9000/retrieve/"}
-    service = load("server", env).services["foo"]
-    assert (service.upload_url, service.download_url) == ("http://n:9000/submit", "http://n:9000/retrieve")
+    (client,) = load("server", env).services["foo"].clients
+    assert (client.upload_url, client.download_url) == ("http://n:9000/submit", "http://n:9000/retrieve")
 
 
 @pytest.mark.parametrize(
@@ -329,3 +350,56 @@ def test_a_client_is_named_by_its_address_and_found_again_at_it(download_url, ad
         f"{address}/kill",
         f"{address}/events",
     )
+
+
+# ---- Several clients per service
+
+
+def test_a_service_lists_its_clients_by_their_base_urls():
+    env = {"SERVICE_FOO_CLIENTS": " http://node1:9000 ,https://gw/api/node2/, http://node1:9000"}
+    (node1, node2) = load("server", env).services["foo"].clients
+    assert (node1.upload_url, node1.download_url, node1.terminate_url) == (
+        "http://node1:9000/submit",
+        "http://node1:9000/retrieve",
+        "http://node1:9000/kill",
+    )
+    assert (node2.address, node2.events_url, node2.status_url) == (
+        "https://gw/api/node2",
+        "https://gw/api/node2/events",
+        "https://gw/api/node2/status",
+    )
+
+
+def test_the_originals_urls_are_one_client_beside_those_listed():
+    env = {**FOO, "SERVICE_FOO_TERMINATE_URL": "http://node1:9000/stop", "SERVICE_FOO_CLIENTS": "http://node2:9000"}
+    config = load("server", env)
+    first, second = config.services["foo"].clients
+    assert (first.address, first.terminate_url, second.address) == (
+        "http://node1:9000",
+        "http://node1:9000/stop",
+        "http://node2:9000",
+    )
+    assert config.client_at("http://node1:9000") is first  # found with the URLs given for it
+    assert config.client_at("http://gone:9000") == ClientConfig.at("http://gone:9000")
+
+
+def test_an_empty_client_list_makes_a_service_only_clients_that_join_can_serve():
+    assert load("server", {"SERVICE_FOO_CLIENTS": ""}).services["foo"].clients == ()
+
+
+def test_retry_lost_defaults_to_none_and_takes_a_count():
+    assert load("server", FOO).services["foo"].retry_lost == 0
+    assert load("server", service_env("FOO", retry_lost="2")).services["foo"].retry_lost == 2
+
+
+def test_a_client_that_joins_by_itself_reads_its_server_services_and_address():
+    env = {"SERVER_URL": "http://server:5000", "ORCH_TOKEN": "t", "SERVICES": "Example, haddock", "SLOTS": "4"}
+    config = load("client", {**env, "HOST": "10.0.0.4", "PORT": "9001"})
+    assert (config.server_url, sorted(config.services), config.slots) == (
+        "http://server:5000",
+        ["example", "haddock"],
+        4,
+    )
+    assert config.advertise_url == ""  # announced as http://10.0.0.4:9001 (see orch.members)
+    listening_everywhere = load("client", {**env, "HOST": "0.0.0.0", "ADVERTISE_URL": "http://node4:9000"})
+    assert listening_everywhere.advertise_url == "http://node4:9000"

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -101,6 +102,20 @@ def test_a_job_goes_through_two_orchestrator_processes(processes, tmp_path):
     assert server.stop() == 0
     assert client.stop() == 0
     assert (tmp_path / "server" / "server.sqlite").exists() and (tmp_path / "client" / "client.sqlite").exists()
+
+
+def test_a_client_on_a_port_picked_for_it_joins_the_server_at_its_real_url(processes, tmp_path):
+    token = "s3cret-token-for-tests"
+    server = processes("server", tmp_path / "server", ORCH_TOKEN=token, SERVICE_EXAMPLE_CLIENTS="")
+    client = processes("client", tmp_path / "client", ORCH_TOKEN=token, SERVER_URL=server.url, SERVICES="example")
+    body, content_type = multipart({"user_id": "7", "service": "example"}, {"run.sh": b"echo hi > out.txt\n"})
+    code, _, answer = request(f"{server.url}/upload", body, {"Content-Type": content_type})
+    job_id = json.loads(answer)["id"]
+    wait(lambda: request(f"{server.url}/download/{job_id}")[1] == "application/zip")
+    with sqlite3.connect(tmp_path / "server" / "server.sqlite") as db:
+        assert db.execute("SELECT address FROM joined_clients").fetchall() == [(client.url,)]
+    assert "joined " in client.log.read_text()
+    assert server.stop() == 0 and client.stop() == 0
 
 
 def test_a_bad_setting_stops_start_up_with_one_line_naming_it(tmp_path):

@@ -10,11 +10,13 @@ from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
 from orch.config import ClientConfig
+from orch.context import Inflight
 from orch.dispatch import send
 from orch.models import Job, JobEvent, transition
 from orch.states import Status
-from orch.tracking import Tracking, follow
+from orch.tracking import Tracking, follow, poll_soon
 from tasks.runner import start_prepared
+from tasks.sender import send_queued
 from tests.conftest import job_status, multipart, payload_status, script, services, upload, wait_for
 
 pytestmark = pytest.mark.both_databases
@@ -91,10 +93,10 @@ async def test_a_job_that_changes_before_its_send_is_recorded_is_asked_about_as_
     """A quick job on a busy server: the client reports that it ended (or started) while the server still
     waits for the answer to its send. With the stream live the getter would ask only at its next sweep, half
     a minute later; the sender asks once the send is recorded."""
-    watch = asyncio.ensure_future(follow(server.ctx, server.ctx.config.services["example"].client))
+    watch = asyncio.ensure_future(follow(server.ctx, server.ctx.config.services["example"].clients[0]))
     _, uploaded = await upload(server, script(body))
     job_id = uploaded["id"]
-    assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time())
+    assert transition(Job, job_id, Status.QUEUED, Status.PROCESSING, time.time(), client=client.url)
     payload_id = await submit(client, body.encode(), job_key=Job.get_by_id(job_id).folder)  # the send arrived...
     await start_prepared(client.ctx, time.time())
     await wait_for(lambda: job_id in server.ctx.state(Tracking).changed_early)  # ...and the client reported the change
@@ -182,3 +184,37 @@ async def test_a_stream_answered_by_another_client_instance_has_every_job_asked_
         watch.cancel()
         fake.stop()
     await wait_for(lambda: fake_client.address not in live)  # a stopped watch no longer stands for the client
+
+
+async def test_a_result_that_comes_back_after_the_stream_marked_the_job_running_completes_it(server, client):
+    """The poll asked while the job was Submitted; the stream's Running event moved it on meanwhile: the
+    answer (the result) still completes it."""
+    _, body = await upload(server, script("echo done > out.txt\n"))
+    await send_queued(server.ctx, time.time())
+    await server.settle()
+    job = Job.get_by_id(body["id"])
+    await start_prepared(client.ctx, time.time())
+    await wait_for(lambda: payload_status(job.dest_id) == "Completed")
+    poll_soon(server.ctx, job.id)
+    await asyncio.sleep(0)  # the poll has read the job (Submitted) and waits for the client's answer
+    assert transition(Job, job.id, Status.SUBMITTED, Status.RUNNING, time.time())  # what the Running event does
+    await server.settle()
+    assert job_status(job.id) == "Completed"
+
+
+async def test_work_asked_for_just_as_the_task_of_its_key_ends_is_started_not_dropped(io_loop):
+    """A client reports a change of a job just as the poll of that job ends, before its end is recorded: the new
+    poll starts (it used to be taken as done by the ended one, and the change waited for the next sweep)."""
+    inflight = Inflight()
+    done = []
+
+    async def second() -> None:
+        done.append("second")
+
+    async def first() -> None:
+        done.append("first")
+        asyncio.get_running_loop().call_soon(inflight.start, "poll", second)  # runs once it ended, not yet forgotten
+
+    inflight.start("poll", first)
+    await inflight.wait()
+    assert done == ["first", "second"]

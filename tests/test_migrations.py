@@ -11,9 +11,11 @@ from playhouse.migrate import SchemaMigrator, migrate
 from orch import migrations
 from orch.database import client_instance, close, open_client_db, open_server_db
 from orch.models import (
+    Abandoned,
     ClientFact,
     Job,
     JobEvent,
+    JoinedClient,
     Lease,
     Payload,
     PayloadEvent,
@@ -160,14 +162,18 @@ def test_each_step_applies_on_both_databases_keeping_the_jobs(server_database, c
         updated_at=NOW,
     )
     migrator = SchemaMigrator.from_database(backend(server_db))
-    migrate(migrator.drop_index("jobs", "job_status_id"), migrator.drop_column("jobs", "owner"))
-    server_db.drop_tables([Server, Lease])
+    migrate(
+        migrator.drop_index("jobs", "job_status_id"),
+        migrator.drop_column("jobs", "owner"),
+        migrator.drop_column("jobs", "attempt"),
+    )
+    server_db.drop_tables([Server, Lease, JoinedClient, Abandoned])
     ServerFact.update(value="2").where(ServerFact.key == migrations.VERSION).execute()
     close(server_db)
 
     open_server_db(server_database)
 
-    assert migrations.version(ServerFact) == migrations.latest(ServerFact) == 4
+    assert migrations.version(ServerFact) == migrations.latest(ServerFact) == 5
     assert Job.get_by_id(job.id).status == "Running" and Job.get_by_id(job.id).owner is None
     assert "job_status_id" in {index.name for index in server_db.get_indexes("jobs")}
     assert Server.select().count() == 0 and Lease.select().count() == 0

@@ -164,7 +164,7 @@ async def test_a_job_is_told_whatever_its_status_with_its_history_attempts_clien
     _, waiting = await server.json(f"/jobs/{queued['id']}")
     assert (waiting["status"], waiting["attempts"], waiting["result_size"], waiting["client"]) == (
         "Queued",
-        0,
+        1,  # its first, not made yet
         None,
         None,
     )

@@ -40,7 +40,7 @@ def test_a_lease_is_held_by_one_process_and_taken_over_once_it_lapses(nodes, cli
 
 async def test_only_one_process_follows_each_client_and_the_other_takes_over_when_it_stops(pair):
     first, second = pair()
-    address = first.config.services["example"].client.address
+    address = first.config.services["example"].clients[0].address
     now = time.time()
     assert await heartbeat(first.ctx, now) == 0
     assert tracking.follow_clients(first.ctx, now) == 1 and tracking.follow_clients(second.ctx, now) == 0

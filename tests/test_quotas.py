@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from orch.config import ServiceConfig
+from orch.config import ClientConfig, ServiceConfig
 from orch.database import open_server_db
 from orch.models import Cursor, Job, create, server_db, transition
 from orch.quotas import move_cursor, next_jobs
@@ -34,15 +34,8 @@ def db(tmp_path) -> Iterator[None]:
 
 
 def service(name: str = "example", runs_per_user: int = 5, max_runs: int = 10) -> ServiceConfig:
-    base = f"http://127.0.0.1:9000/{name}"
-    return ServiceConfig(
-        name=name,
-        upload_url=f"{base}/submit",
-        download_url=f"{base}/retrieve",
-        terminate_url=f"{base}/kill",
-        runs_per_user=runs_per_user,
-        max_runs=max_runs,
-    )
+    client = ClientConfig.at(f"http://127.0.0.1:9000/{name}")
+    return ServiceConfig(name=name, clients=(client,), runs_per_user=runs_per_user, max_runs=max_runs)
 
 
 def queue(user_id: int, count: int = 1, service_name: str = "example") -> list[int]:

@@ -547,6 +547,7 @@ async def test_openapi_document_describes_every_route_and_method(server):
         "/jobs/{job_id}": {"get"},
         "/overview": {"get"},
         "/metrics": {"get"},
+        "/clients": {"post"},
         "/": {"get"},
         "/health": {"get"},
     }

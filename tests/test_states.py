@@ -233,7 +233,7 @@ def test_transition_of_a_missing_row_returns_false_and_records_nothing(server):
         (S.QUEUED, S.RUNNING),
         (S.QUEUED, S.COMPLETED),
         (S.KILLED, S.QUEUED),
-        (S.RUNNING, S.QUEUED),
+        (S.PROCESSING, S.RUNNING),
         (S.RUNNING, S.RUNNING),
         (S.QUEUED, S.PREPARED),
     ]
@@ -362,7 +362,7 @@ def test_a_tampered_transition_table_is_restored_on_reopening(server_database, s
     open_server_db(path)  # ...the next start
     assert pairs(JobTransition) == as_values(JOB_TRANSITIONS)
     with pytest.raises(IntegrityError):
-        Job.update(status="Queued").where(Job.id == job.id).execute()
+        Job.update(status="Processing").where(Job.id == job.id).execute()
     queued = create(Job, S.QUEUED, NOW, **job_fields())
     assert Job.update(status="Processing").where(Job.id == queued.id).execute() == 1
 

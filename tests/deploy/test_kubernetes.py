@@ -140,7 +140,8 @@ def test_the_server_reaches_the_client_by_its_stable_address_and_portals_reach_t
     assert client_service["spec"]["clusterIP"] == "None"  # one address per client, never "any client"
     assert client_service["spec"]["selector"] == client_set["spec"]["template"]["metadata"]["labels"]
     (service,) = config.services.values()
-    for url in (service.upload_url, service.download_url, service.terminate_url):
+    (client,) = service.clients
+    for url in (client.upload_url, client.download_url, client.terminate_url):
         address = urlsplit(url)
         assert address.hostname == f"{client_set['metadata']['name']}-0.{client_service['metadata']['name']}"
         assert address.port == client_service["spec"]["ports"][0]["port"] == PORTS["client"]

@@ -8,11 +8,13 @@ from tests.faults.counts import COUNTS
 
 @pytest.fixture
 def cluster(tmp_path):
-    """Start a cluster with `cluster(server_env={...}, client_env={...})`; it is stopped after the test."""
+    """Start a cluster with `cluster(server_env={...}, client_env={...}, clients=1)`; it is stopped after the test."""
     made: list[Cluster] = []
 
-    def make(server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None) -> Cluster:
-        made.append(Cluster(tmp_path, server_env or {}, client_env or {}))
+    def make(
+        server_env: dict[str, str] | None = None, client_env: dict[str, str] | None = None, clients: int = 1
+    ) -> Cluster:
+        made.append(Cluster(tmp_path, server_env or {}, client_env or {}, clients))
         made[-1].start()
         return made[-1]
 
