@@ -4,6 +4,7 @@ ends Failed with the reason, and both stop cleanly on SIGTERM within 5 s; the cl
 token; and the run options docs/containers.md names let bubblewrap sandbox jobs inside the client's container,
 while the default ones do not (so that SANDBOX=auto falls back, and says so)."""
 
+import json
 import secrets
 import time
 import zipfile
@@ -82,6 +83,45 @@ def test_a_server_and_a_client_container_run_a_job_sent_with_curl_and_stop_on_si
         logs = podman.logs(name)
         assert podman.exit_code(name) == 0, logs
         assert "stopping" in logs and "Traceback" not in logs, logs
+
+
+def test_clients_join_a_server_by_themselves_under_their_container_names(podman, image, tmp_path):
+    """As the Kubernetes manifests have them: the server lists no client for the service; each client joins it
+    (SERVER_URL, SERVICES) under its own name (ADVERTISE_URL), and jobs go to those with a free slot."""
+    token = secrets.token_hex(16)
+    network = podman.network("net")
+    port = free_port()
+    server = podman.run(
+        podman.name("server"), "--network", network, "--publish", f"127.0.0.1:{port}:5000",
+        "--env", f"ORCH_TOKEN={token}", "--env", "SERVICE_EXAMPLE_CLIENTS=", image,
+    )  # fmt: skip
+    clients = [podman.name(f"client{number}") for number in (1, 2)]
+    started = time.monotonic()
+    for client in clients:
+        podman.run(
+            client, "--network", network, "--env", f"ORCH_TOKEN={token}", "--env", f"SERVER_URL=http://{server}:5000",
+            "--env", "SERVICES=example", "--env", f"ADVERTISE_URL=http://{client}:9000", "--env", "SLOTS=1",
+            image, "client",
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(url)
+    joined = {f"http://{client}:9000" for client in clients}
+    deadline = time.monotonic() + 30
+    while {client["address"] for client in json.loads(get(f"{url}/overview")[2])["clients"]} != joined:
+        assert time.monotonic() < deadline, get(f"{url}/overview")[2]
+        time.sleep(0.2)
+    timed("image: two clients joined the server", started)
+
+    (tmp_path / "run.sh").write_text("sleep 2; hostname > host.txt\n")
+    for _ in clients:  # one slot each: the two run at once, one on each client
+        curl("-F", "file=@run.sh", "-F", "user_id=1", "-F", "service=example", f"{url}/upload", cwd=tmp_path)
+    hosts = set()
+    for job_id in (1, 2):
+        assert wait_for_status(url, job_id, {"Completed", "Failed", "Invalid", "Unknown"})["status"] == "Completed"
+        curl("-f", "-o", f"result{job_id}.zip", f"{url}/download/{job_id}", cwd=tmp_path)
+        with zipfile.ZipFile(tmp_path / f"result{job_id}.zip") as result:
+            hosts.add(result.read("host.txt"))
+    assert len(hosts) == 2
 
 
 def test_a_client_container_without_a_token_refuses_to_start(podman, image):

@@ -1,8 +1,9 @@
 """The Kubernetes manifests, checked offline (no cluster runs here): `kubectl kustomize` renders them; every
 object is valid, strictly (no unknown field), against the API schemas of the oldest and the newest Kubernetes
 that kubernetes-validate knows; and what they say fits the image and the program: the settings load, the
-server's URLs reach the client's address and port, probes ask /health on each mode's port, the volumes hold
-DATA_PATH and DB_PATH, the pods run as the image's unprivileged user, and only the server may call the client."""
+clients join the server under addresses of their own however many there are, probes ask /health on each
+mode's port, the volumes hold DATA_PATH and DB_PATH, the pods run as the image's unprivileged user, and only the
+server may call the clients."""
 
 import base64
 import re
@@ -114,13 +115,16 @@ def test_each_mode_runs_the_image_hardened_with_probes_limits_settings_and_volum
     assert mounts["/data"] in claims or "persistentVolumeClaim" in volumes[mounts["/data"]]
     assert "emptyDir" in volumes[mounts["/tmp"]]
     # The settings it gets load as the program loads them.
-    env = settings(rendered, container) | {"HOST": image["HOST"]}
+    env = settings(rendered, workload) | {"HOST": image["HOST"]}
     config = load(mode, env)
     assert config.orch_token == TOKEN and config.port == PORTS[mode]
 
 
-def settings(rendered: list[dict], container: dict) -> dict[str, str]:
-    """The variables a container gets from its ConfigMaps and Secrets (as rendered: generated names)."""
+def settings(rendered: list[dict], workload: dict, replica: int = 0) -> dict[str, str]:
+    """The variables the container of a workload's pod number `replica` gets: from its ConfigMaps and Secrets
+    (as rendered: generated names), then its own, with the pod's name and $(VAR) references as the kubelet
+    puts them."""
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
     env = {}
     for source in container["envFrom"]:
         if "configMapRef" in source:
@@ -128,29 +132,39 @@ def settings(rendered: list[dict], container: dict) -> dict[str, str]:
         else:
             data = find(rendered, "Secret", source["secretRef"]["name"])["data"]
             env |= {key: base64.b64decode(value).decode() for key, value in data.items()}
+    for variable in container.get("env", []):
+        if "valueFrom" in variable:
+            assert variable["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+            env[variable["name"]] = f"{workload['metadata']['name']}-{replica}"
+        else:
+            env[variable["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], variable["value"])
     return env
 
 
-def test_the_server_reaches_the_client_by_its_stable_address_and_portals_reach_the_server(rendered):
+def test_clients_join_the_server_by_their_own_stable_addresses_and_portals_reach_the_server(rendered):
     server = find(rendered, "Deployment", "server")
-    (container,) = server["spec"]["template"]["spec"]["containers"]
-    config = load("server", settings(rendered, container))
-    client_set = find(rendered, "StatefulSet", "client")
-    client_service = find(rendered, "Service", client_set["spec"]["serviceName"])
-    assert client_service["spec"]["clusterIP"] == "None"  # one address per client, never "any client"
-    assert client_service["spec"]["selector"] == client_set["spec"]["template"]["metadata"]["labels"]
-    (service,) = config.services.values()
-    (client,) = service.clients
-    for url in (client.upload_url, client.download_url, client.terminate_url):
-        address = urlsplit(url)
-        assert address.hostname == f"{client_set['metadata']['name']}-0.{client_service['metadata']['name']}"
-        assert address.port == client_service["spec"]["ports"][0]["port"] == PORTS["client"]
     server_service = find(rendered, "Service", "server")
+    clients = find(rendered, "StatefulSet", "client")
+    client_service = find(rendered, "Service", clients["spec"]["serviceName"])
     assert server_service["spec"]["selector"] == server["spec"]["template"]["metadata"]["labels"]
-    assert server_service["spec"]["ports"][0]["port"] == PORTS["server"]
+    assert client_service["spec"]["selector"] == clients["spec"]["template"]["metadata"]["labels"]
+    assert client_service["spec"]["clusterIP"] == "None"  # one address per client, never "any client"
+    assert client_service["spec"]["publishNotReadyAddresses"] is True  # found as soon as it announces itself
+    server_config = load("server", settings(rendered, server))
+    assert [service.clients for service in server_config.services.values()] == [()]  # none listed: they join
+    limits = clients["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    for replica in (0, 1, 2):  # as many as it is scaled to, each with its own address
+        config = load("client", settings(rendered, clients, replica) | {"HOST": image_settings()["HOST"]})
+        assert set(config.services) == set(server_config.services)
+        joins, advertised = urlsplit(config.server_url), urlsplit(config.advertise_url)
+        assert (joins.hostname, joins.port) == (server_service["metadata"]["name"], PORTS["server"])
+        assert server_service["spec"]["ports"][0]["port"] == PORTS["server"]
+        assert advertised.hostname == f"{clients['metadata']['name']}-{replica}.{client_service['metadata']['name']}"
+        assert advertised.port == client_service["spec"]["ports"][0]["port"] == PORTS["client"]
+        assert config.slots == int(limits["cpu"])  # the CPUs it may use, not the node's
 
 
-def test_only_the_server_may_call_the_client_and_the_client_calls_nothing(rendered):
+def test_only_the_server_may_call_the_clients_and_they_call_only_the_server_and_dns(rendered):
     policy = find(rendered, "NetworkPolicy", "client")["spec"]
     client_labels = find(rendered, "StatefulSet", "client")["spec"]["template"]["metadata"]["labels"]
     server_labels = find(rendered, "Deployment", "server")["spec"]["template"]["metadata"]["labels"]
@@ -159,4 +173,9 @@ def test_only_the_server_may_call_the_client_and_the_client_calls_nothing(render
     (rule,) = policy["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": server_labels}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": PORTS["client"]}]
-    assert policy["egress"] == []
+    to_server, dns = policy["egress"]
+    assert to_server == {
+        "to": [{"podSelector": {"matchLabels": server_labels}}],
+        "ports": [{"protocol": "TCP", "port": PORTS["server"]}],
+    }
+    assert dns == {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
