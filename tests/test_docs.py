@@ -46,6 +46,5 @@ def test_the_readme_walks_through_the_python_client_the_dashboard_and_the_metric
     readme = (ROOT / "README.md").read_text()
     for must in ("from orch.portal import Orchestrator", "/dashboard", "docs/dashboard.png", "/metrics", "Procfile"):
         assert must in readme
-    assert (
-        150 <= len(readme.splitlines()) <= 250
-    )  # the front door (a short section per way of using it): the rest is in docs/
+    lines = len(readme.splitlines())
+    assert 150 <= lines <= 250  # the front door, a short section per way of using it: the rest is in docs/

@@ -14,6 +14,14 @@ slurmd:slurmd
 sbatch:slurm-client
 munged:munge
 chromium:chromium
+podman:podman
+runc:runc
+/usr/lib/podman/netavark:netavark
+/usr/lib/podman/aardvark-dns:aardvark-dns
+podman-compose:podman-compose
+debootstrap:debootstrap
+curl:curl
+unzip:unzip
 "
 
 have() {
