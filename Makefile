@@ -15,7 +15,7 @@ test: $(READY)
 	tests/system/install.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 lint: $(READY)
 	$(BIN)/ruff check .

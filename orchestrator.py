@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {key: value for key, value in dotenv_values(".env").items() if value is not None}
     env.update(os.environ)
     if args.mode not in ("server", "client"):
-        return cli.run(args, args.url or env.get("ORCH_URL") or cli.DEFAULT_URL)
+        url = args.url or env.get("ORCH_URL") or cli.DEFAULT_URL
+        return cli.run(args, url, args.token or env.get("ORCH_API_TOKEN"))
     flags = {name: value for name, value in (("PORT", args.port), ("HOST", args.host)) if value is not None}
     try:
         config = load(args.mode, env, flags, insecure=getattr(args, "insecure", False))

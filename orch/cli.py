@@ -1,6 +1,6 @@
 """The command line of portal developers and operators: `submit`, `status`, `wait`, `download`, `cancel` and
-`jobs`, each a call of `orch.portal` to the server at `--url` (or ORCH_URL). A failure is one line on stderr
-and exit status 1, never a traceback."""
+`jobs`, each a call of `orch.portal` to the server at `--url` (or ORCH_URL), with `--token` (or ORCH_API_TOKEN)
+where it has API_TOKEN. A failure is one line on stderr and exit status 1, never a traceback."""
 
 import argparse
 import json
@@ -47,12 +47,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _command(subparsers: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=text, description=text + ".")
     parser.add_argument("--url", help=f"the server (ORCH_URL; default {DEFAULT_URL})")
+    parser.add_argument("--token", help="one of the server's API_TOKEN, when it has them (ORCH_API_TOKEN)")
     return parser
 
 
-def run(args: argparse.Namespace, url: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run the command named by `args.mode` against the server at `url`; return the exit status."""
-    server = Orchestrator(url)
+def run(
+    args: argparse.Namespace, url: str, token: str | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """Run the command named by `args.mode` against the server at `url` (with its API `token`, if it needs one);
+    return the exit status."""
+    server = Orchestrator(url, token=token)
     try:
         return COMMAND_FUNCTIONS[args.mode](server, args, out, err)
     except OrchestratorError as e:

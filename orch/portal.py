@@ -40,11 +40,13 @@ class OrchestratorError(Exception):
 
 
 class Orchestrator:
-    """The server at `url`; `timeout` is the seconds any one call may wait for the server."""
+    """The server at `url`; `timeout` is the seconds any one call may wait for the server; `token`, one of the
+    server's API_TOKEN, sent with every call when it has them."""
 
-    def __init__(self, url: str = "http://localhost:5000", timeout: float = 60.0):
+    def __init__(self, url: str = "http://localhost:5000", timeout: float = 60.0, token: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def submit(
         self, service: str, user_id: int, files: Iterable[str | os.PathLike], progress: Progress | None = None
@@ -152,7 +154,8 @@ class Orchestrator:
 
     def _open(self, method: str, path: str, body: object = None, headers: dict | None = None):
         """The server's answer to a request (a file-like response); OrchestratorError for an error answer."""
-        request = urllib.request.Request(self.url + path, data=body, headers=headers or {}, method=method)
+        headers = {**(headers or {}), **self.auth}
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as e:

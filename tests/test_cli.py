@@ -157,3 +157,25 @@ def test_the_python_client_submits_waits_downloads_and_cancels(cluster, tmp_path
     with pytest.raises(OrchestratorError) as refused:
         server.cancel(held["id"])
     assert refused.value.code == 409
+
+
+def test_a_server_with_api_tokens_needs_one_from_the_command_line_and_the_python_client(tmp_path):
+    guarded = Cluster(tmp_path / "guarded", {"API_TOKEN": "portal-one,portal-two"}, {})
+    guarded.start()
+    try:
+        job_files = files(tmp_path, **{"run.sh": "exit 0\n"})
+        refused = cli("submit", "--service", "example", "--user", "1", *job_files, cwd=tmp_path,
+                      url=guarded.server.url)  # fmt: skip
+        assert (refused.returncode, refused.stderr) == (
+            1,
+            "job-orchestrator submit: missing or wrong token: calls to this server need API_TOKEN\n",
+        )
+        taken = cli("submit", "--service", "example", "--user", "1", *job_files, "--token", "portal-two", "--wait",
+                    cwd=tmp_path, url=guarded.server.url)  # fmt: skip
+        assert taken.returncode == 0 and taken.stdout.splitlines()[-1].endswith(": Completed"), taken.stderr
+        with pytest.raises(OrchestratorError) as without:
+            Orchestrator(guarded.server.url).jobs()
+        assert without.value.code == 401
+        assert Orchestrator(guarded.server.url, token="portal-one").jobs()["jobs"][0]["status"] == "Completed"
+    finally:
+        guarded.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from bench.cluster import Cluster
+from bench.cluster import Cluster, multipart, request
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -26,6 +26,7 @@ FLAGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 30_000
+AUTH = {"Authorization": "Bearer portal-one"}
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +98,22 @@ def test_the_dashboard_shows_a_job_from_its_submission_to_its_end_and_its_histor
     assert not problems
     outside = [url for url in requests if not url.startswith(cluster.server.url)]
     assert not outside, f"the page asked for something beyond the server: {outside}"
+
+
+def test_a_server_with_an_api_token_asks_for_one_and_the_dashboard_then_shows_its_jobs(tmp_path, browser):
+    cluster = Cluster(tmp_path / "cluster", {"API_TOKEN": "portal-one,dashboard-two"}, {})
+    cluster.start()
+    try:
+        page = browser
+        page.goto(f"{cluster.server.url}/dashboard")
+        page.locator("#login").wait_for()  # the server answered 401: the page asks for a token
+        assert page.locator("#problem").inner_text().endswith("need API_TOKEN")
+        body, content_type = multipart({"user_id": "1", "service": "example"}, {"run.sh": b"exit 0\n"})
+        code, _, answer = request(f"{cluster.server.url}/upload", body, {"Content-Type": content_type, **AUTH})
+        assert code == 201, answer
+        page.fill("#token", "dashboard-two")
+        page.click("#login button")
+        page.locator("#jobs td.status:text-is('Completed')").wait_for()
+        assert page.locator("#login").is_hidden() and page.locator("#problem").is_hidden()
+    finally:
+        cluster.stop()

@@ -55,12 +55,26 @@ function row(cells, job) {
   return tr;
 }
 
+// A server with API_TOKEN answers 401 without one: the token typed in the form is kept for the tab's life.
+function token() {
+  return sessionStorage.getItem("token");
+}
+
 async function getJSON(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  const response = await fetch(path, { headers });
   const body = await response.json();
+  document.getElementById("login").hidden = response.status !== 401;
   if (!response.ok) throw new Error(`${path}: ${body.message || response.status}`);
   return body;
 }
+
+document.getElementById("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("token", document.getElementById("token").value);
+  refresh();
+});
 
 function show(overview, latest) {
   fill("services", overview.services, (s) =>
