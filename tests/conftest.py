@@ -84,8 +84,10 @@ class Node:
 
 def pytest_generate_tests(metafunc):
     """Tests of modules marked `both_databases` run once on SQLite and once on PostgreSQL: their server's
-    database (`server_database`) is a SQLite file, then a fresh database on the suite's PostgreSQL."""
-    if "server_database" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+    database (`server_database`) is a SQLite file, then a fresh database on the suite's PostgreSQL. A test of
+    such a module marked `sqlite` is about SQLite alone."""
+    marked = metafunc.definition.get_closest_marker("both_databases")
+    if "server_database" in metafunc.fixturenames and marked and not metafunc.definition.get_closest_marker("sqlite"):
         metafunc.parametrize("server_database", ["sqlite", "postgresql"], indirect=True)
 
 
