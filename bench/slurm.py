@@ -180,6 +180,8 @@ class SlurmCluster:
             )
         )
         (self.folder / "plugstack.conf").write_text("")
+        for config in (conf, self.folder / "plugstack.conf"):
+            config.chmod(0o644)  # Slurm's commands read them as any user (the jobs' too)
         self.env = {"SLURM_CONF": str(conf)}
         for daemon in ("slurmctld", "slurmd"):
             self.daemons.append(self.spawn([daemon, "-D"], daemon, env={**os.environ, **self.env}))
@@ -227,10 +229,16 @@ class SlurmCluster:
 
     def spawn(self, args: list[str], name: str, **kwargs) -> subprocess.Popen:
         """Start a daemon in the foreground, in its own session (a Ctrl-C of pytest leaves it to stop()),
-        with its output in `name`.out."""
+        with its output in `name`.out and umask 022."""
         with open(self.folder / f"{name}.out", "wb") as out:
             return subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                umask=0o022,  # as an init system starts them, whatever this process's umask
+                **kwargs,
             )
 
     def munge_answers(self) -> bool:
@@ -250,7 +258,8 @@ class SlurmCluster:
         try:
             munge = pwd.getpwnam("munge")
             self.folder.chmod(0o711)
-            folder.mkdir(mode=0o711)
+            folder.mkdir()
+            folder.chmod(0o711)  # whatever the umask (a client in the same process sets 077)
             os.chown(folder, munge.pw_uid, munge.pw_gid)
             files = [
                 f"--{name}={folder}/munged.{suffix}"

@@ -3,6 +3,8 @@ it the first time a test asks for it and stops it at the end of the session; `sl
 test, with any job the test left cancelled after it. Where Slurm is not installed (tests/system/install.sh installs
 it) or does not start, the tests that use it are skipped with the reason."""
 
+import os
+
 import pytest
 
 from bench.slurm import TIMINGS, SlurmCluster, Unavailable
@@ -12,6 +14,7 @@ from bench.slurm import TIMINGS, SlurmCluster, Unavailable
 def slurm_cluster():
     """The session's Slurm cluster, started at the first test that asks for it; skips where Slurm is missing."""
     cluster = SlurmCluster()
+    umask = os.umask(0o077)  # the umask a client sets in this process: the cluster starts whichever test came first
     try:
         cluster.start()
     except Unavailable as e:
@@ -20,6 +23,8 @@ def slurm_cluster():
     except BaseException:
         cluster.stop()
         raise
+    finally:
+        os.umask(umask)
     yield cluster
     cluster.stop()
 
