@@ -33,6 +33,13 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 POLL = 0.05
 TIMINGS: list[str] = []
+RUNNING: list["SlurmCluster"] = []  # started and not yet stopped
+
+
+def cluster_processes() -> list[psutil.Process]:
+    """The processes of every cluster running now: tests that check that nothing else runs leave these out."""
+    return [process for cluster in RUNNING for process in cluster.processes()]
+
 
 # MinJobAge: an ended job stays visible to squeue/scontrol for 2 s (then slurmctld forgets it at its next purge,
 # every 10 s at most); sacct -c reads the end state and exit code from the jobcomp file at any time.
@@ -196,7 +203,21 @@ class SlurmCluster:
             )
         except (TimeoutError, RuntimeError, subprocess.SubprocessError) as e:
             raise Unavailable(f"{e}{self.logs()}") from None
+        RUNNING.append(self)
         TIMINGS.append(f"cluster started in {time.monotonic() - started:.1f} s (a first job ran)")
+
+    def processes(self) -> list[psutil.Process]:
+        """The daemons, what they started, and the slurmstepd processes they let go (this process took them)."""
+        found = []
+        for daemon in [*self.daemons, *([self.munged] if self.munged else [])]:
+            try:
+                process = psutil.Process(daemon.pid)
+                found += [process, *process.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for stepd in slurmstepds():
+            found += [stepd, *children(stepd)]
+        return found
 
     def stop_controller(self) -> None:
         """Stop slurmctld, as an operator restarting it does (its jobs go on running on the node)."""
@@ -284,6 +305,8 @@ class SlurmCluster:
         """Cancel every job, wait until no slurmstepd is left, stop the daemons started here, and remove the
         folder. Runs after a failed start too."""
         started = time.monotonic()
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self.daemons and all(daemon.poll() is None for daemon in self.daemons):
             try:
                 self.cancel_all()
