@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -16,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.cluster import ROOT, request, wait
 from bench.cluster import Node as Process
-from bench.cluster import request, wait
 from bench.slurm import SlurmCluster
 from orch import executors, payloads
 from orch.models import Payload, transition
@@ -37,7 +39,7 @@ from tests.conftest import (
 
 DONE = {status.value for status in FINISHED}
 TOKEN = "slurm-tests-token"
-ROOT = os.geteuid() == 0  # then jobs run in Slurm as the job user, nobody
+AS_ROOT = os.geteuid() == 0  # then jobs run in Slurm as the job user, nobody
 
 
 @pytest.fixture
@@ -138,7 +140,7 @@ async def test_a_job_runs_as_a_slurm_job_with_its_services_settings_and_complete
     assert files.read("pwd.txt").decode() == f"{folder}\n"
     assert files.read("cpus.txt") == b"2\n"  # the service's SLURM_EXTRA_ARGS_EXAMPLE, not SLURM_EXTRA_ARGS
     assert files.read("limit.txt") == b"5:00\n"  # SLURM_TIME_LIMIT, shorter than the service's TIMEOUT
-    assert files.read("user.txt").decode() == ("nobody\n" if ROOT else f"{psutil.Process().username()}\n")
+    assert files.read("user.txt").decode() == ("nobody\n" if AS_ROOT else f"{psutil.Process().username()}\n")
     assert TOKEN not in files.read("env.txt").decode()  # only JOB_ENV's variables, as with the local executor
     assert (payload.executor, payload.service, payload.status) == ("slurm", "example", "Completed")
     assert accounting(slurm, job_name(client, payload.id)) == [f"{payload.run_id}|COMPLETED|0:0"]
@@ -347,3 +349,54 @@ def test_a_client_killed_while_its_sbatch_waits_for_slurm_finds_the_job_by_its_n
         client.stop()
     assert len(ledger(root)) == 1
     assert [line.split("|", 1)[1] for line in accounting(slurm, name)] == ["COMPLETED|0:0"]
+
+
+@pytest.mark.skipif(
+    shutil.which("sbatch") is None, reason="Slurm's commands are not installed (tests/system/install.sh)"
+)
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"EXECUTOR": "condor"}, "EXECUTOR must be one of local, slurm, got 'condor'"),
+        ({"SLURM_EXTRA_ARGS": "--mem=8G --job-name=x"}, "SLURM_EXTRA_ARGS may not set --job-name"),
+        (
+            {"SLURM_EXTRA_ARGS_EXAMPLE": "-p gpu"},
+            "SLURM_EXTRA_ARGS_EXAMPLE may not set --partition: set SLURM_PARTITION",
+        ),
+        ({"SLURM_EXTRA_ARGS": '--comment="open'}, "SLURM_EXTRA_ARGS cannot be split into sbatch options"),
+        ({"SLURM_TIME_LIMIT": "-5"}, "SLURM_TIME_LIMIT must be a number of seconds"),
+        ({"SLURM_TIME_LIMIT_EXAMPLE": "1h"}, "SLURM_TIME_LIMIT_EXAMPLE must be a whole number of seconds"),
+        ({"SANDBOX": "bwrap"}, "SANDBOX is about the local executor's sandbox"),
+        ({"JOB_NETWORK": "none"}, "JOB_NETWORK is about the local executor's sandbox"),
+        ({"PATH": "/nonexistent"}, "EXECUTOR is slurm, but sbatch, squeue, sacct, scancel is not on the PATH"),
+    ],
+)
+def test_a_setting_the_slurm_executor_cannot_work_with_stops_the_start_with_one_line_naming_it(root, env, says):
+    settings = {"PATH": os.environ["PATH"], "EXECUTOR": "slurm", "DATA_PATH": str(root / "client"), **env}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "orchestrator.py"), "client", "--port", "0"],
+        cwd=root,
+        env=settings,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # 2: a value wrong anywhere (orch.config); 1: one the Slurm executor cannot work with (orch.executors.slurm)
+    assert result.returncode in (1, 2) and says in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, never a traceback
+    assert not (root / "client.sqlite").exists()  # refused before the database is made
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="jobs run as another user only when the client runs as root")
+def test_a_data_path_the_job_user_cannot_reach_is_refused_at_start(tmp_path):
+    """tmp_path's parents are closed to others (0700): nobody could not open its folder on a compute node."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "orchestrator.py"), "client", "--port", "0"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "EXECUTOR": "slurm", "DATA_PATH": str(tmp_path / "client")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "its jobs run in Slurm as nobody, who cannot go through" in result.stderr, result.stderr
