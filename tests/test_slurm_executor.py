@@ -22,6 +22,9 @@ from bench.cluster import ROOT, request, wait
 from bench.cluster import Node as Process
 from bench.slurm import SlurmCluster
 from orch import executors, payloads
+from orch.executors import Ending
+from orch.executors import slurm as slurm_executor
+from orch.executors.slurm_commands import Row
 from orch.models import Payload, transition
 from orch.states import FINISHED, Status
 from tasks.runner import start_prepared
@@ -400,3 +403,37 @@ def test_a_data_path_the_job_user_cannot_reach_is_refused_at_start(tmp_path):
     )
     assert result.returncode == 1, result.stderr
     assert "its jobs run in Slurm as nobody, who cannot go through" in result.stderr, result.stderr
+
+
+async def test_a_job_cancelled_outside_the_orchestrator_ends_killed_saying_so(slurm, slurm_client):
+    client = slurm_client()
+    payload_id = await submitted(client, "sleep 3105\n")
+    job_id = await wait_for(lambda: Payload.get_by_id(payload_id).run_id)
+    await wait_for(lambda: job_processes("sleep", "3105"))
+    slurm.run("scancel", job_id)  # an administrator's
+    payload = await finished(client, payload_id)
+    assert (payload.status, payload.message) == (
+        "Killed",
+        f"Slurm job {job_id} was cancelled outside the orchestrator (CANCELLED)",
+    )
+    assert not job_processes("sleep", "3105")
+
+
+@pytest.mark.parametrize(
+    ("row", "status", "message"),
+    [
+        (
+            Row("7", "OUT_OF_MEMORY", 0),
+            Status.FAILED,
+            "Slurm job 7 ended OUT_OF_MEMORY: it used more memory than the job was given",
+        ),
+        (Row("7", "NODE_FAIL", 0), Status.FAILED, "Slurm job 7 ended NODE_FAIL: its node failed"),
+        (Row("7", "PREEMPTED", 0), Status.FAILED, "Slurm job 7 ended PREEMPTED: Slurm preempted it for other work"),
+        (Row("7", "FAILED", None, "RaisedSignal:9"), Status.FAILED, "Slurm job 7 ended FAILED: RaisedSignal:9"),
+        (None, Status.FAILED, "Slurm job 7 is gone, and Slurm keeps no record of how it ended"),
+    ],
+)
+def test_slurms_own_failure_states_end_the_payload_with_slurms_words(row, status, message):
+    """The states a one-node test cluster cannot bring about (no memory limits, no second node, no preemption), as
+    squeue or sacct report them."""
+    assert slurm_executor._ending("7", row) == Ending(None, message, status)
