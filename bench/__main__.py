@@ -9,7 +9,18 @@ import argparse
 import asyncio
 from contextlib import ExitStack
 
-from bench import bigfiles, clients, databases, latency, queue_scale, running, sandbox, throughput, uploads
+from bench import (
+    bigfiles,
+    clients,
+    databases,
+    latency,
+    queue_scale,
+    running,
+    sandbox,
+    slurm_jobs,
+    throughput,
+    uploads,
+)
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -20,6 +31,7 @@ BENCHMARKS = {
     "running": running,
     "clients": clients,
     "sandbox": sandbox,
+    "slurm": slurm_jobs,
 }
 ON_BOTH = {"queue", "uploads"}  # the benchmarks that run on PostgreSQL too
 

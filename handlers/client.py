@@ -4,11 +4,10 @@ import asyncio
 import json
 import re
 
-import psutil
 from tornado.web import url
 
 from handlers.base import BaseHandler, UploadHandler, parse_id
-from orch import members, payloads
+from orch import executors, members, payloads
 from orch.context import Context
 from orch.errors import BadRequest, Gone
 from orch.models import Payload
@@ -72,6 +71,10 @@ class Submit(UploadHandler, PayloadHandler):
                     description: The server's name for the job; a payload already made for it is answered
                       instead of a new one.
                   timeout: {type: number, description: Walltime of run.sh in seconds.}
+                  network: {type: boolean, description: False cuts the network of run.sh.}
+                  service:
+                    type: string
+                    description: The job's service, for the settings a client has per service (Slurm's).
         responses:
           "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
@@ -265,15 +268,17 @@ class ClientStatus(PayloadHandler):
               application/json:
                 schema:
                   type: object
-                  required: [instance, version, slots, prepared, running, load, cpus, disk_free]
+                  required: [instance, version, slots, prepared, running, executor, load, cpus, disk_free]
                   properties:
                     instance: {type: string, description: The client's instance id (changes if its data is lost).}
                     version: {type: string}
                     slots: {type: integer, description: Payloads it runs at once at most (SLOTS).}
                     prepared: {type: integer, description: Payloads waiting for a slot.}
-                    running: {type: integer}
-                    load: {type: number, description: The machine's load average over the last minute.}
-                    cpus: {type: integer}
+                    running: {type: integer, description: "Payloads running (EXECUTOR=slurm: in Slurm)."}
+                    executor: {type: string, enum: [local, slurm], description: What runs its payloads (EXECUTOR).}
+                    load: {type: number, description: "The machine's load average over the last minute (EXECUTOR=slurm:
+                      its payloads in Slurm)."}
+                    cpus: {type: integer, description: "The machine's CPUs (EXECUTOR=slurm: SLOTS)."}
                     disk_free: {type: integer, description: Free bytes on the disk of DATA_PATH.}
         """
         self.set_header(INSTANCE_HEADER, payloads.instance(self.ctx))
@@ -282,12 +287,13 @@ class ClientStatus(PayloadHandler):
 
 class Load(PayloadHandler):
     def get(self) -> None:
-        """The machine's CPU use.
+        """The machine's CPU use (EXECUTOR=slurm: its payloads in Slurm against SLOTS).
 
         ---
         tags: [health]
         security: [{token: []}]
         summary: CPU use of the client's machine, in percent since the previous call
+        description: With EXECUTOR=slurm, the payloads it has in Slurm, in percent of SLOTS.
         responses:
           "401": {$ref: "#/components/responses/Unauthorized"}
           "200":
@@ -295,7 +301,7 @@ class Load(PayloadHandler):
             content: {application/json: {schema: {type: number, minimum: 0, maximum: 100}}}
         """
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(psutil.cpu_percent(interval=None)))
+        self.finish(json.dumps(executors.of(self.ctx).percent(payloads.count(Status.RUNNING))))
 
 
 def routes(ctx: Context) -> list:

@@ -114,11 +114,21 @@ class Config:
     job_read_paths: str = ""
     job_write_paths: str = ""
     api_token: str = ""
+    executor: str = "local"  # what runs the payloads: `local` (on this machine) or `slurm` (see orch.executors)
+    slurm_partition: str = ""
+    slurm_account: str = ""
+    slurm_time_limit: int = 0  # seconds; 0: none of ours (the partition's)
+    slurm_extra_args: str = ""
+    slurm_poll_interval: float = 2.0
     # Not read from variables: the mode, the --insecure flag, and what is derived from other settings.
     insecure: bool = False
     # Server: the configured services (SERVICE_<NAME>_*). Client: those it joins at SERVER_URL (SERVICES).
     services: dict[str, ServiceConfig] = field(default_factory=dict)
     job_environment: dict[str, str] = field(default_factory=dict)
+    # EXECUTOR=slurm: the SLURM_<SETTING>_<SERVICE> variables, by service (lower case) then setting (checked by
+    # orch.executors.slurm), and the variables Slurm's own commands need (SLURM_CONF, where the cluster is).
+    slurm_services: dict[str, dict[str, str]] = field(default_factory=dict)
+    slurm_environment: dict[str, str] = field(default_factory=dict)
 
     def client_at(self, address: str) -> ClientConfig:
         """The client at `address`: as a service lists it (with the URLs given for it), else with this
@@ -156,7 +166,7 @@ class Config:
         return self.data_path / ".tmp"
 
 
-NOT_VARIABLES = ("mode", "insecure", "services", "job_environment")
+NOT_VARIABLES = ("mode", "insecure", "services", "job_environment", "slurm_services", "slurm_environment")
 
 
 # Defaults that differ by mode, so a server and a client started side by side never share files or a port.
@@ -170,6 +180,9 @@ NETWORKS = ("host", "none")
 USER_RANGE = re.compile(r"(?P<prefix>[a-z_][a-z0-9_-]*?)(?P<first>[0-9]+)\.\.(?P<last>[0-9]+)")
 USER_NAME = re.compile(r"[a-z_][a-z0-9_-]*[$]?")
 MAX_JOB_USERS = 1000
+SLURM_SERVICE_VARIABLE = re.compile(r"SLURM_(?P<setting>PARTITION|ACCOUNT|TIME_LIMIT|EXTRA_ARGS)_(?P<name>\w+)", re.A)
+SLURM_PASSED = ("SLURM_CONF",)  # Slurm's own variables that its commands get from the client's environment
+SLURM_SLOTS = 100  # SLOTS of a client with EXECUTOR=slurm: payloads it keeps in Slurm at once (its CPUs mean nothing)
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -194,7 +207,8 @@ def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None
     values = {**env, **(overrides or {})}
     defaults = {f.name: f.default for f in fields(Config) if f.name not in NOT_VARIABLES}
     defaults.update(MODE_DEFAULTS[mode])
-    defaults["slots"] = os.cpu_count() or 1
+    slurm = (values.get("EXECUTOR") or "").strip().lower() == "slurm"
+    defaults["slots"] = SLURM_SLOTS if slurm else os.cpu_count() or 1
     parsed = {}
     for name, default in defaults.items():
         raw = values.get(variable_name(name))
@@ -205,7 +219,19 @@ def load(mode: str, env: dict[str, str], overrides: dict[str, str] | None = None
     # What a job gets of the client's environment: only the variables JOB_ENV names (never its token).
     passed = split(parsed["job_env"])
     job_environment = {name: env[name] for name in passed if name in env}
-    config = Config(mode=mode, services=services, insecure=insecure, job_environment=job_environment, **parsed)
+    slurm_services: dict[str, dict[str, str]] = {}
+    for variable, value in env.items():
+        if match := SLURM_SERVICE_VARIABLE.fullmatch(variable):
+            slurm_services.setdefault(match["name"].lower(), {})[match["setting"]] = value.strip()
+    config = Config(
+        mode=mode,
+        services=services,
+        insecure=insecure,
+        job_environment=job_environment,
+        slurm_services=slurm_services,
+        slurm_environment={name: env[name] for name in SLURM_PASSED if name in env},
+        **parsed,
+    )
     validate(config)
     return config
 
@@ -227,7 +253,7 @@ def _parse(name: str, raw: str, kind: type) -> object:
         return BOOLEANS[raw.lower()]
     if kind is str and name == "log_level":
         return raw.upper()
-    if kind is str and name in ("sandbox", "job_network"):
+    if kind is str and name in ("sandbox", "job_network", "executor"):
         return raw.lower()
     return raw
 
@@ -248,6 +274,7 @@ def validate(config: Config) -> None:
         "http_connect_timeout",
         "http_timeout",
         "client_lost_after",
+        "slurm_poll_interval",
     )
     for name in positive:
         if not 0 < getattr(config, name) < math.inf:
@@ -282,6 +309,8 @@ def validate(config: Config) -> None:
         )
     if not 0 < config.client_lease < math.inf:
         raise ValueError(f"CLIENT_LEASE must be greater than 0, got {config.client_lease}")
+    if config.slurm_time_limit < 0:
+        raise ValueError(f"SLURM_TIME_LIMIT must be a number of seconds (0: none), got {config.slurm_time_limit}")
     if config.slots < 1:
         raise ValueError(f"SLOTS must be at least 1, got {config.slots}")
     for name in ("server_url", "advertise_url"):

@@ -120,7 +120,7 @@ async def _submit(ctx: Context, job_id: int, now: float) -> str | None:
     client = ctx.config.client_at(job.client)
     try:
         files = sorted(path for path in jobs.folder(ctx, job).iterdir() if path.is_file())
-        dest, payload_status = await ctx.clients.submit(client, files, jobs.key(job), service.timeout, service.network)
+        dest, payload_status = await ctx.clients.submit(client, files, jobs.key(job), service)
     except ClientError as e:
         if not e.transient:
             log.warning("sender: job %s refused: %s", job_id, e.message)

@@ -11,14 +11,13 @@ dropped from them and treated as any client out of reach: its jobs are followed 
 
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from orch import VERSION, payloads
+from orch import VERSION, executors, payloads
 from orch.config import ClientConfig, Config, ServiceConfig, check_url
 from orch.context import Context
 from orch.errors import BadRequest
@@ -125,15 +124,19 @@ def clients_of(service: ServiceConfig, members: list[Member]) -> list[ClientConf
 
 def status(ctx: Context) -> dict:
     """What this client says of itself (`GET /status`): its instance, version, slots, payloads prepared and
-    running, CPU load (the 1-minute load average, and its CPUs) and free disk in DATA_PATH, in bytes."""
+    running, its executor, its load (the machine's 1-minute load average and its CPUs; with EXECUTOR=slurm, its
+    payloads in Slurm and SLOTS) and free disk in DATA_PATH, in bytes."""
+    running = payloads.count(Status.RUNNING)
+    load = executors.of(ctx).load(running)
     return {
         "instance": payloads.instance(ctx),
         "version": VERSION,
         "slots": ctx.config.slots,
         "prepared": payloads.count(Status.PREPARED),
-        "running": payloads.count(Status.RUNNING),
-        "load": os.getloadavg()[0],
-        "cpus": os.cpu_count() or 1,
+        "running": running,
+        "executor": ctx.config.executor,
+        "load": load.average,
+        "cpus": load.cpus,
         "disk_free": shutil.disk_usage(ctx.data_path).free,
     }
 

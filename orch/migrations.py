@@ -56,10 +56,16 @@ def _client_3(db: Database, migrator: SchemaMigrator) -> None:
     migrate(migrator.add_column(Payload._meta.table_name, "network", BooleanField(null=True, default=True)))
 
 
+def _client_4(db: Database, migrator: SchemaMigrator) -> None:
+    """Executors: the service of each payload, the executor that runs it, and that executor's id for its run."""
+    table = Payload._meta.table_name
+    migrate(*(migrator.add_column(table, name, CharField(null=True)) for name in ("service", "executor", "run_id")))
+
+
 # STEPS[mode][n] brings a database of version n - 1 to version n.
 STEPS: dict[type[Model], dict[int, Step]] = {
     ServerFact: {2: _server_2, 3: _server_3, 4: _server_4, 5: _server_5},
-    ClientFact: {2: _client_2, 3: _client_3},
+    ClientFact: {2: _client_2, 3: _client_3, 4: _client_4},
 }
 VERSION = "schema_version"
 

@@ -145,6 +145,9 @@ class Payload(Model):
     # False: run.sh runs with its network cut. Nullable only so that adding it keeps SQLite from rebuilding the
     # table, which would cascade-delete the payloads' history.
     network = BooleanField(null=True, default=True)
+    service = CharField(null=True)  # the service of its job, when the server says (Slurm settings may be per service)
+    executor = CharField(null=True)  # what runs it (orch.executors), set at start; None before (or "local")
+    run_id = CharField(null=True)  # the executor's name for its run, when it has one (a Slurm job id)
     deadline = FloatField(null=True)  # when it must be stopped (set at start)
     pid = IntegerField(default=0)
     started_at = FloatField(null=True)  # the process's start time: guards against a recycled pid

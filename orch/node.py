@@ -1,5 +1,5 @@
 """Bringing up one process of either mode: its locks, its database, recovery, and (client) process handling and
-the sandbox of its jobs.
+the executor of its jobs (with their sandbox).
 
 Shared by `orchestrator.py` and the tests, so that both start exactly the same way.
 """
@@ -14,7 +14,7 @@ from peewee import Model
 from tornado.httpclient import AsyncHTTPClient
 from tornado.process import Subprocess
 
-from orch import database, jobs, ownership, payloads, peers, processes, sandbox
+from orch import database, executors, jobs, ownership, payloads, peers, processes
 from orch.config import Config
 from orch.context import Context
 from orch.models import ClientFact, ServerFact
@@ -37,7 +37,7 @@ def open_node(config: Config) -> Context:
         http = AsyncHTTPClient(force_instance=True, max_clients=100, max_body_size=MAX_RESPONSE_BODY)
         ctx = Context(config, http=http, owner=owner)
         if config.mode == "client":
-            sandbox.setup(ctx)  # a setting it refuses stops the start before the database is touched
+            executors.setup(ctx)  # a setting it refuses stops the start before the database is touched
         if config.mode == "server":
             _open(config, database.open_server_db, ServerFact, jobs, "job")
             peers.register(ctx, ctx.clock())
@@ -45,6 +45,7 @@ def open_node(config: Config) -> Context:
         else:
             _open(config, database.open_client_db, ClientFact, payloads, "payload")
             payloads.identify(ctx, database.client_instance())
+            executors.check_running(ctx, payloads.started_by())
             payloads.recover(ctx)
             processes.become_subreaper()
             Subprocess.initialize()

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from tornado.ioloop import IOLoop
 
-from orch import ownership, processes, storage, zipping
+from orch import executors, ownership, processes, storage, zipping
 from orch.context import Context
 from orch.errors import BadRequest, NotFound
 from orch.models import Payload, client_db, create, fetch, run, set_values, transition
@@ -37,7 +37,9 @@ BY_JOB_KEY = 'SELECT "id" FROM "payloads" WHERE "job_key" = ?'
 PREPARED = 'SELECT "id" FROM "payloads" WHERE "status" = ? ORDER BY "id" LIMIT ?'
 RUNNING = 'SELECT "id", "pid" FROM "payloads" WHERE "status" = ?'
 COUNT = 'SELECT COUNT(*) FROM "payloads" WHERE "status" = ?'
+STARTED_BY = 'SELECT "executor", COUNT(*) FROM "payloads" WHERE "status" = ? GROUP BY "executor"'
 JOB_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # it travels back in a response header
+SERVICE = re.compile(r"[a-z0-9_]{1,100}")
 MAX_WALLTIME = 10 * 365 * 86400
 
 
@@ -141,6 +143,11 @@ def move(
     return moved
 
 
+def set_run(payload_id: int, run_id: str) -> None:
+    """Record the executor's id for a payload's run (its Slurm job id)."""
+    set_values(Payload, payload_id, run_id=run_id)
+
+
 def set_process(payload_id: int, pid: int, started_at: float | None) -> None:
     """Record the process running a payload's run.sh (its wrapper's pid and start time)."""
     set_values(Payload, payload_id, pid=pid, started_at=started_at)
@@ -158,11 +165,14 @@ def create_payload(ctx: Context, staging: Path, fields: dict[str, str]) -> Paylo
 
     `fields` may name the job (`job_key`): if a payload of that job exists, it is returned and the files
     are dropped, so a repeated submit never runs a job twice. `timeout` is its walltime in seconds; `network`
-    false cuts its network.
+    false cuts its network; `service` names its service (for settings the client has per service).
     """
     job_key = fields.get("job_key") or None
     if job_key is not None and not JOB_KEY.fullmatch(job_key):
         raise BadRequest("job_key must be 1 to 128 printable ASCII characters without spaces")
+    service = fields.get("service") or None
+    if service is not None and not SERVICE.fullmatch(service):
+        raise BadRequest(f"service must be a service name (a-z, 0-9, _), got {service[:40]!r}")
     walltime = _walltime(fields.get("timeout"))
     network = fields.get("network", "true")
     if network not in ("true", "false"):
@@ -180,6 +190,7 @@ def create_payload(ctx: Context, staging: Path, fields: dict[str, str]) -> Paylo
             job_key=job_key,
             walltime=walltime,
             network=network == "true",
+            service=service,
         )
         staging.rename(folder(ctx, payload.id))
     ctx.wake("runner")
@@ -199,17 +210,17 @@ def _walltime(raw: str | None) -> float | None:
 
 
 async def kill(ctx: Context, payload: Payload) -> Payload:
-    """Stop a payload for good: a Prepared one never starts, a Running one's whole process tree is stopped
-    (and the zip of its result, if it had got that far) and the payload is Killed once it is gone. A finished
-    payload is left as it is."""
+    """Stop a payload for good: a Prepared one never starts, a Running one's run is stopped by its executor (its
+    whole process tree, its whole Slurm job), and the zip of its result if it had got that far, and the payload
+    is Killed once it is gone. A finished payload is left as it is."""
     set_values(Payload, payload.id, killed=True)
-    status = get(payload.id).status  # read again: no await since `killed` was set, so no start in between
-    if status == Status.PREPARED:
+    payload = get(payload.id)  # read again: no await since `killed` was set, so no start in between
+    if payload.status == Status.PREPARED:
         move(ctx, payload.id, Status.PREPARED, Status.KILLED, "killed before it started")
-    elif status == Status.RUNNING:
+    elif payload.status == Status.RUNNING:
         zipping.stop(ctx, payload.id)  # a zip that starts later sees `killed` and does not
-        await processes.kill_tree(run_of(ctx, payload), ctx.config.kill_grace)
-        await ctx.inflight.ended(("run", payload.id))  # the watch of the run records the Killed status
+        await executors.of(ctx).kill(payload)
+        await ctx.inflight.ended(("run", payload.id))  # what follows the run records the Killed status
     return get(payload.id)
 
 
@@ -265,6 +276,11 @@ def prepared(limit: int) -> list[Payload]:
 def running() -> list[tuple[int, int]]:
     """(id, pid) of every Running payload."""
     return run(client_db, RUNNING, (Status.RUNNING,)).fetchall()
+
+
+def started_by() -> dict[str | None, int]:
+    """How many Running payloads each executor started (None: recorded before executors were)."""
+    return dict(run(client_db, STARTED_BY, (Status.RUNNING,)).fetchall())
 
 
 def count(status: Status) -> int:

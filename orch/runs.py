@@ -1,15 +1,16 @@
-"""Running payloads (client): starting the run.sh of a Prepared payload (in its sandbox, as its user: see
-orch.sandbox), watching it to its end, adopting the runs a previous client process started, zipping the result
-of those that succeed, and recording how each ended."""
+"""Running payloads (client): the lifecycle that every executor (orch.executors) shares. A Prepared payload is
+refused (Invalid) when it cannot run, else recorded Running, with its executor and its deadline, before its executor
+starts it; what waits for the end of its run, or of one a previous client process started, then zips the result of
+those that succeed and records how each ended."""
 
-import asyncio
 import logging
+from collections.abc import Awaitable
 
 from tornado.ioloop import IOLoop
-from tornado.process import Subprocess
 
-from orch import payloads, policy, processes, sandbox, storage, zipping
+from orch import executors, payloads, policy, sandbox, storage, zipping
 from orch.context import Context
+from orch.executors import Ending
 from orch.models import Payload
 from orch.states import Status
 
@@ -18,14 +19,14 @@ log = logging.getLogger(__name__)
 
 async def start(ctx: Context, payload: Payload, now: float) -> bool:
     """Start a Prepared payload in the round at `now`: Invalid if it cannot run (no run.sh, or the blocklist
-    refuses it), Failed if run.sh cannot start, else Running with its process watched until it ends. Returns
+    refuses it), Failed if run.sh cannot start, else Running with its run followed until it ends. Returns
     whether it started (False too if it was killed first, or if every job user is busy: it waits)."""
     try:
         refusal = await _refusal_of(ctx, payload)
         if refusal:
             payloads.move(ctx, payload.id, Status.PREPARED, Status.INVALID, refusal, now=now)
             return False
-        return _spawn(ctx, payload, now)
+        return _begin(ctx, payload, now)
     except Exception:
         log.exception("runner: payload %s failed", payload.id)
         for status in (Status.PREPARED, Status.RUNNING):
@@ -33,14 +34,14 @@ async def start(ctx: Context, payload: Payload, now: float) -> bool:
         return False
 
 
-def watch_running(ctx: Context) -> None:
-    """Watch every Running payload that nobody watches yet (those a previous client process started), and
-    reap the orphans of runs that came to this process."""
-    wrappers = set()
-    for payload_id, pid in payloads.running():
+def follow(ctx: Context) -> None:
+    """Follow every Running payload that nobody follows yet (those a previous client process started), through
+    the executor, and give the executor its round."""
+    executor = executors.of(ctx)
+    running = payloads.running()
+    for payload_id, _ in running:
         ctx.inflight.start(("run", payload_id), lambda payload_id=payload_id: _adopt(ctx, payload_id))
-        wrappers.add(pid)
-    processes.reap_strays(wrappers)
+    executor.follow(running)
 
 
 async def _refusal_of(ctx: Context, payload: Payload) -> str | None:
@@ -53,99 +54,60 @@ async def _refusal_of(ctx: Context, payload: Payload) -> str | None:
     return None
 
 
-def _spawn(ctx: Context, payload: Payload, now: float) -> bool:
+def _begin(ctx: Context, payload: Payload, now: float) -> bool:
+    executor = executors.of(ctx)
     box = sandbox.of(ctx)
     user = box.free_user([payloads.folder(ctx, payload_id) for payload_id, _ in payloads.running()])
     if box.users and user is None:
         return False  # every job user has a payload running: this one waits for the first to end
-    deadline = now + payload.walltime if payload.walltime else None
-    # No await from here to the pid being stored: a kill cannot come in between.
-    if not payloads.move(ctx, payload.id, Status.PREPARED, Status.RUNNING, now=now, deadline=deadline):
+    deadline = executor.deadline(payload, now)
+    # No await from here to the executor's start: a kill cannot come in between.
+    if not payloads.move(
+        ctx, payload.id, Status.PREPARED, Status.RUNNING, now=now, deadline=deadline, executor=executor.name
+    ):
         return False
     if box.bwrap is None and not payload.network:
         message = "its service cuts the network of its jobs, and this client runs jobs without a sandbox"
         payloads.move(ctx, payload.id, Status.RUNNING, Status.FAILED, message, now=now)
         return False
     try:
-        process = launch(ctx, payload, user)
+        ending = executor.start(payloads.get(payload.id), user)
     except OSError as e:
         payloads.move(
             ctx, payload.id, Status.RUNNING, Status.FAILED, f"could not start {payloads.SCRIPT}: {e}", now=now
         )
         return False
-    payloads.set_process(payload.id, process.pid, processes.start_time(process.pid))
-    ctx.inflight.start(("run", payload.id), lambda: _watch(ctx, payload.id, process))
+    ctx.inflight.start(("run", payload.id), lambda: _finish_after(ctx, payload.id, ending))
     return True
 
 
-def launch(ctx: Context, payload: Payload, user: sandbox.JobUser | None) -> Subprocess:
-    """Start the run.sh of a payload as `user` (None: as the client), in its sandbox if the client has one,
-    with its folder handed over to that user. Raises OSError if it cannot."""
-    folder = payloads.folder(ctx, payload.id)
-    box = sandbox.of(ctx)
-    box.hand_over(folder, user)
-    return processes.spawn(
-        folder,
-        folder / payloads.LOG,
-        payloads.exit_file(ctx, payload.id),
-        box.environment(ctx.config.job_environment, user),
-        payloads.run_of(ctx, payload).tag,
-        box.command(folder, user, payload.network, list(processes.RUN)),
-        None if user is None else (user.uid, user.gid),
-    )
-
-
-async def _watch(ctx: Context, payload_id: int, process: Subprocess) -> None:
-    """Wait for a run this process started, stopping it at its deadline, then record its end."""
-    exited = process.wait_for_exit(raise_error=False)
-    payload = payloads.get(payload_id)
-    if payload.deadline is None:
-        code = await exited
-    else:
-        try:
-            code = await asyncio.wait_for(asyncio.shield(exited), max(0.0, payload.deadline - ctx.clock()))
-        except TimeoutError:
-            await processes.kill_tree(payloads.run_of(ctx, payload), ctx.config.kill_grace)
-            code = await exited
-    await _finish(ctx, payload_id, code)
-
-
 async def _adopt(ctx: Context, payload_id: int) -> None:
-    """Watch a run started by a previous client process: poll until it is gone (stopping it at its
-    deadline), then take its exit status from the control file its wrapper writes.
-
-    A run whose pid was not recorded is looked for; if there is none and no exit status either, run.sh
-    never started: the payload goes back to Prepared and starts now."""
-    payload = payloads.get(payload_id)
-    exit_file = payloads.exit_file(ctx, payload_id)
-    pid, started_at = payload.pid, payload.started_at
-    if not processes.alive(pid, started_at) and not exit_file.exists():
-        found = processes.find_run(exit_file)
-        if found is None and pid == 0:
-            payloads.move(
-                ctx, payload_id, Status.RUNNING, Status.PREPARED, f"the client stopped before {payloads.SCRIPT} started"
-            )
-            ctx.wake("runner")
-            return
-        if found is not None:
-            pid, started_at = found
-            payloads.set_process(payload_id, pid, started_at)
-    while processes.alive(pid, started_at):
-        if payload.deadline is not None and ctx.clock() >= payload.deadline:
-            await processes.kill_tree(payloads.run_of(ctx, payloads.get(payload_id)), ctx.config.kill_grace)
-        await asyncio.sleep(ctx.config.runner_interval)
-    await _finish(ctx, payload_id, processes.read_exit_code(exit_file))
+    """Follow a run that a previous client process started to its end. One that never started (the client
+    stopped in between) goes back to Prepared and starts now, unless it was killed meanwhile."""
+    ending = await executors.of(ctx).adopt(payloads.get(payload_id))
+    if ending is not None or payloads.get(payload_id).killed:
+        await finish(ctx, payload_id, ending or Ending(None))
+        return
+    payloads.move(
+        ctx, payload_id, Status.RUNNING, Status.PREPARED, f"the client stopped before {payloads.SCRIPT} started"
+    )
+    ctx.wake("runner")
 
 
-async def _finish(ctx: Context, payload_id: int, code: int | None) -> None:
+async def _finish_after(ctx: Context, payload_id: int, ending: Awaitable[Ending]) -> None:
+    await finish(ctx, payload_id, await ending)
+
+
+async def finish(ctx: Context, payload_id: int, ending: Ending) -> None:
     """Record how a run ended: Killed if asked to, Completed on exit status 0 once its result is zipped, Failed
-    otherwise (with "timeout" in the message when it was stopped at its deadline, zipping included)."""
+    otherwise (with "timeout" in the message when it was stopped at its deadline, zipping included), or as its
+    executor says (Slurm's failure states)."""
     payload = payloads.get(payload_id)
-    processes.kill_leftovers(payloads.run_of(ctx, payload))  # whatever it left running in the background
+    code = ending.code
     folder = payloads.folder(ctx, payload_id)
     sandbox.of(ctx).take_back(folder)
     zip_error = None
-    if code == 0 and not payload.killed:  # no await between this look at `killed` and the zip's start
+    if code == 0 and not ending.reason and not payload.killed:  # no await between this look and the zip's start
         try:
             await zipping.result(ctx, payload_id, folder, payloads.result_file(ctx, payload_id), payload.deadline)
         except storage.ZipStopped:
@@ -160,13 +122,15 @@ async def _finish(ctx: Context, payload_id: int, code: int | None) -> None:
         status, message = Status.KILLED, "killed on request"
     elif zip_error:
         status, message = Status.FAILED, zip_error
-    elif code == 0:
+    elif code == 0 and not ending.reason:
         status, message = Status.COMPLETED, ""
     elif payload.deadline is not None and ctx.clock() >= payload.deadline:
         status, message = (
             Status.FAILED,
             (f"timeout: {payloads.SCRIPT} ran longer than {payload.walltime:g} s and was stopped"),
         )
+    elif ending.reason:
+        status, message = ending.status, ending.reason
     elif code is None:
         status, message = Status.FAILED, f"{payloads.SCRIPT} ended while the client was down, leaving no exit status"
     elif code < 0:

@@ -118,14 +118,17 @@ def of(ctx: Context) -> Sandbox:
     return ctx.state(Sandbox)
 
 
-def setup(ctx: Context) -> Sandbox:
+def setup(ctx: Context, sandboxed: bool = True) -> Sandbox:
     """Decide, at start-up, how payloads run: sandboxed if SANDBOX allows and bubblewrap works here (tried once),
-    as which users. Raises ValueError naming the setting when that cannot be done; SANDBOX=auto without a
-    working bubblewrap logs one warning saying what is not isolated."""
+    as which users (`sandboxed` False: only as which users, for an executor that runs them elsewhere). Raises
+    ValueError naming the setting when that cannot be done; SANDBOX=auto without a working bubblewrap logs one
+    warning saying what is not isolated."""
     config = ctx.config
     box = of(ctx)
     box.users = _users(config) if os.geteuid() == 0 else ()
     box.pool = bool(box.users and config.job_users)
+    if not sandboxed:
+        return box
     box.network = config.job_network == "host"
     box.read_paths = _paths(config, "job_read_paths")
     box.write_paths = _paths(config, "job_write_paths")

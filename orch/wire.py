@@ -8,8 +8,8 @@ long-poll of payload status changes, so the server learns at once that a job fin
 `.../status`, how many payloads the client runs at once (its slots).
 
 Added, and ignored by clients of the original: the submit carries the job's key (a client that already has a
-payload for it answers that payload instead of running the job twice), its walltime, and whether its network is
-cut; every call carries
+payload for it answers that payload instead of running the job twice), its service, its walltime, and whether its
+network is cut; every call carries
 `Authorization: Bearer ORCH_TOKEN` when a token is set; this project's client names itself (its instance id,
 which changes when its database is lost) and the job of each payload in response headers, which the server
 checks so that it never takes another job's payload for this one.
@@ -27,7 +27,7 @@ from uuid import uuid4
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 
-from orch.config import ClientConfig, Config
+from orch.config import ClientConfig, Config, ServiceConfig
 from orch.errors import ClientError
 from orch.storage import COPY_CHUNK
 
@@ -61,16 +61,16 @@ class ClientAPI:
         self.tmp_path = tmp_path
 
     async def submit(
-        self, client: ClientConfig, files: list[Path], job_key: str, timeout: int | None, network: bool = True
+        self, client: ClientConfig, files: list[Path], job_key: str, service: ServiceConfig
     ) -> tuple[Destination, str]:
-        """Send the job `job_key` made of `files` (with its walltime `timeout`, its network cut unless `network`)
-        to `client`; return where it landed and the payload's status (Prepared, unless a repeated send found the
-        first one's payload further on)."""
+        """Send the job `job_key` of `service` made of `files` (with the service's name, its walltime, its network
+        cut unless the service allows it) to `client`; return where it landed and the payload's status (Prepared,
+        unless a repeated send found the first one's payload further on)."""
         boundary = uuid4().hex
-        fields = {"job_key": job_key}
-        if timeout:
-            fields["timeout"] = str(timeout)
-        if not network:
+        fields = {"job_key": job_key, "service": service.name}
+        if service.timeout:
+            fields["timeout"] = str(service.timeout)
+        if not service.network:
             fields["network"] = "false"
         head = b"".join(_field(boundary, name, value) for name, value in fields.items())
         heads = [_part_head(boundary, path.name) for path in files]

@@ -3,7 +3,19 @@ figures and measures its floor (the figures themselves are for `make bench`, not
 
 import pytest
 
-from bench import bigfiles, clients, harness, latency, queue_scale, running, sandbox, soak, throughput, uploads
+from bench import (
+    bigfiles,
+    clients,
+    harness,
+    latency,
+    queue_scale,
+    running,
+    sandbox,
+    slurm_jobs,
+    soak,
+    throughput,
+    uploads,
+)
 from orch.database import close
 from orch.models import server_db
 
@@ -97,3 +109,9 @@ async def test_sandbox(capsys):
     result = await sandbox.measure(jobs=3)
     assert result["sandboxed"] > 0 and result["floor"] > 0
     assert "cost per job" in capsys.readouterr().out
+
+
+async def test_slurm(slurm, capsys):
+    result = await slurm_jobs.measure(jobs=5, slurm=slurm)
+    assert result["through_client"] > 0 and result["floor"] > 0
+    assert "client / floor" in capsys.readouterr().out

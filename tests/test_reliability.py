@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orch import jobs, payloads, processes, runs, sandbox
+from orch import jobs, payloads, processes, sandbox
 from orch.database import client_instance
+from orch.executors import local
 from orch.models import Job, Payload, transition
 from orch.quotas import next_jobs
 from orch.states import FINISHED, Status
@@ -393,7 +394,7 @@ async def test_a_running_payload_without_pid_process_or_exit_status_goes_back_to
 
 def spawn_as_a_previous_client(client: Node, payload_id: int):
     """Start a payload's run the way the runner does (a client that stopped before it recorded the pid)."""
-    return runs.launch(client.ctx, Payload.get_by_id(payload_id), sandbox.of(client.ctx).free_user([]))
+    return local.launch(client.ctx, Payload.get_by_id(payload_id), sandbox.of(client.ctx).free_user([]))
 
 
 async def test_a_running_payload_without_pid_whose_run_is_alive_is_found_and_not_started_twice(client, tmp_path):

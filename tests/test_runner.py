@@ -7,12 +7,12 @@ from pathlib import Path
 
 import psutil
 
-from bench.postgres import cluster_processes
 from orch import payloads
 from orch.models import Payload, transition
 from orch.states import FINISHED, Status
 from tasks.runner import start_prepared
 from tests.conftest import Node, job_processes, multipart, payload_status, script, wait_for
+from tests.services import service_processes
 
 DONE = {status.value for status in FINISHED}
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.01; done\n"  # a run that lasts until the test creates `go`
@@ -170,7 +170,7 @@ async def test_no_child_or_zombie_process_remains_after_50_short_jobs(client):
 
     async def nothing_left() -> bool:
         await start_prepared(client.ctx, time.time())
-        return [child for child in psutil.Process().children(recursive=True) if child not in cluster_processes()] == []
+        return [child for child in psutil.Process().children(recursive=True) if child not in service_processes()] == []
 
     await wait_for(nothing_left)
     zombies = [

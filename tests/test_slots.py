@@ -45,9 +45,19 @@ async def test_status_says_the_instance_slots_payloads_load_and_free_disk(nodes,
     try:
         code, status = await client.json("/status", headers=AUTH)
         assert code == 200
-        assert status.keys() == {"instance", "version", "slots", "prepared", "running", "load", "cpus", "disk_free"}
+        assert status.keys() == {
+            "instance",
+            "version",
+            "slots",
+            "prepared",
+            "running",
+            "executor",
+            "load",
+            "cpus",
+            "disk_free",
+        }
         assert (status["instance"], status["version"], status["slots"]) == (payloads.instance(client.ctx), VERSION, 3)
-        assert (status["prepared"], status["running"]) == (1, 3)
+        assert (status["prepared"], status["running"], status["executor"]) == (1, 3, "local")
         assert status["load"] >= 0 and status["cpus"] == os.cpu_count()
         assert isinstance(status["disk_free"], int) and status["disk_free"] > 0
     finally:

@@ -1,5 +1,6 @@
-"""The Slurm cluster of the test suite runs real jobs: exit codes, time limits, cancellation and a burst of jobs
-end as Slurm reports them, and nothing of a job is left running."""
+"""The Slurm cluster of the test suite runs real jobs: exit codes, cancellation and a burst of jobs end as Slurm
+reports them, and nothing of a job is left running. (Time limits, which cost a minute and more, are tested once,
+through the Slurm executor: tests/test_slurm_executor.py.)"""
 
 import os
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.services.slurm import TIMINGS, SlurmCluster, wait
+from bench.slurm import TIMINGS, SlurmCluster, wait
 
 ENDED = {
     "COMPLETED",
@@ -73,18 +74,6 @@ def test_a_job_that_exits_3_ends_failed_with_its_exit_code(slurm, tmp_path):
     assert (tmp_path / "result.txt").read_text() == f"ran on {slurm.partition}\n"
     assert accounting(slurm, job_id) == f"{job_id}|FAILED|3:0"
     assert "ExitCode=3:0" in slurm.run("scontrol", "show", "job", job_id, "-o").split()
-
-
-def test_a_job_past_its_time_limit_ends_timeout(slurm, tmp_path):
-    """Slurm counts time limits in whole minutes and checks them every 30 s: this takes 60 to 90 s."""
-    script = write(tmp_path / "run.sh", "echo $$ > pid\nexec sleep 300\n")
-    started = time.monotonic()
-    job_id = sbatch(slurm, script, "--time=0:01")
-    wait_state(slurm, job_id, {"RUNNING"})
-    assert wait_state(slurm, job_id, ENDED, timeout=150) == "TIMEOUT"
-    TIMINGS.append(f"a --time=0:01 job ended TIMEOUT after {time.monotonic() - started:.0f} s")
-    assert accounting(slurm, job_id) == f"{job_id}|TIMEOUT|0:0"
-    assert not running(int((tmp_path / "pid").read_text()))
 
 
 def test_a_cancelled_job_ends_cancelled_and_leaves_no_process(slurm, tmp_path):
