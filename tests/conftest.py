@@ -289,12 +289,17 @@ def shared(tmp_path) -> Path:
 
 
 def job_processes(*argv: str) -> list[psutil.Process]:
-    """The living processes whose command line is `argv`: how a test finds a job's processes, whose pids in their
-    sandbox are not the pids seen from here."""
+    """The living processes of this run of the suite whose command line is `argv`: how a test finds a job's
+    processes, whose pids in their sandbox are not the pids seen from here. Only this process's descendants (it is
+    a child subreaper: whatever its children start stays below it), so that another run of the suite on the same
+    machine, with the same jobs, is never taken for this one."""
     found = []
-    for process in psutil.process_iter(["cmdline", "status"]):
-        if process.info["cmdline"] == list(argv) and process.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(process)
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if process.cmdline() == list(argv) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            pass  # ended meanwhile
     return found
 
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
+from tests.conftest import job_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 LEAKY = """
@@ -42,4 +42,4 @@ def test_a_run_that_leaves_a_process_fails_naming_it_and_the_process_is_killed(t
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 passed" in run.stdout  # the test itself passed: the check failed the run
     assert "processes left running by the suite" in run.stdout and "sleep 4242" in run.stdout
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "4242"]]
+    assert not job_processes("sleep", "4242")

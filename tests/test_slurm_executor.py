@@ -158,15 +158,15 @@ async def test_a_job_exiting_3_fails_with_exit_code_3_as_slurm_reports_it(slurm,
 
 async def test_killing_a_running_payload_cancels_its_job_and_leaves_no_process(slurm, slurm_client):
     client = slurm_client()
-    payload_id = await submitted(client, "sleep 3103 &\nwait\n")
-    await wait_for(lambda: job_processes("sleep", "3103"))
+    payload_id = await submitted(client, "sleep 3203 &\nwait\n")
+    await wait_for(lambda: job_processes("sleep", "3203"))
     job_id = Payload.get_by_id(payload_id).run_id
     assert state(slurm, job_id) == "RUNNING"
 
     code, answer = await client.json(f"/kill/{payload_id}", method="POST", body=b"")
     assert (code, answer["status"], answer["message"]) == (200, "Killed", "killed on request")
     assert slurm.jobs(active_only=True) == []  # nothing pending, running or ending: scancel took the whole job
-    assert not job_processes("sleep", "3103")
+    assert not job_processes("sleep", "3203")
     assert accounting(slurm, job_name(client, payload_id))[0].startswith(f"{job_id}|CANCELLED")
 
 
@@ -197,12 +197,12 @@ async def test_a_job_past_its_walltime_fails_with_slurms_timeout(slurm, slurm_cl
     """The walltime (timeout) becomes the job's --time, which Slurm counts in whole minutes and checks every 30 s:
     this takes 60 to 90 s, the price of the only test of it (tests/test_slurm_service.py leaves it here)."""
     client = slurm_client()
-    payload_id = await submitted(client, "sleep 3104\n", timeout="1")
+    payload_id = await submitted(client, "sleep 3204\n", timeout="1")
     payload = await finished(client, payload_id, timeout=150)
     assert payload.status == "Failed"
     assert payload.message == f"timeout: run.sh ran past its time limit in Slurm (job {payload.run_id}: TIMEOUT)"
     assert accounting(slurm, job_name(client, payload_id))[0].startswith(f"{payload.run_id}|TIMEOUT")
-    assert not job_processes("sleep", "3104")
+    assert not job_processes("sleep", "3204")
 
 
 async def test_a_payload_recorded_running_whose_sbatch_never_ran_is_submitted_once_after_a_restart(
@@ -407,16 +407,16 @@ def test_a_data_path_the_job_user_cannot_reach_is_refused_at_start(tmp_path):
 
 async def test_a_job_cancelled_outside_the_orchestrator_ends_killed_saying_so(slurm, slurm_client):
     client = slurm_client()
-    payload_id = await submitted(client, "sleep 3105\n")
+    payload_id = await submitted(client, "sleep 3205\n")
     job_id = await wait_for(lambda: Payload.get_by_id(payload_id).run_id)
-    await wait_for(lambda: job_processes("sleep", "3105"))
+    await wait_for(lambda: job_processes("sleep", "3205"))
     slurm.run("scancel", job_id)  # an administrator's
     payload = await finished(client, payload_id)
     assert (payload.status, payload.message) == (
         "Killed",
         f"Slurm job {job_id} was cancelled outside the orchestrator (CANCELLED)",
     )
-    assert not job_processes("sleep", "3105")
+    assert not job_processes("sleep", "3205")
 
 
 @pytest.mark.parametrize(
