@@ -12,12 +12,11 @@ answer is the server's JSON as a dict. Anything that goes wrong, an error answer
 reached, raises OrchestratorError with one line saying what.
 """
 
+import http.client
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -153,17 +152,29 @@ class Orchestrator:
             return _decode(response.read())
 
     def _open(self, method: str, path: str, body: object = None, headers: dict | None = None):
-        """The server's answer to a request (a file-like response); OrchestratorError for an error answer."""
-        headers = {**(headers or {}), **self.auth}
-        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        """The server's answer to a request (a file-like response); OrchestratorError for an error answer.
+
+        A server refuses an upload (a wrong token, too large) from its headers, then closes the connection on the
+        rest of the body: the send fails, but its answer has arrived and says why, so it is read all the same."""
+        url = urllib.parse.urlsplit(self.url)
+        kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        connection = kind(url.netloc, timeout=self.timeout)
+        # Connection: close hands the connection over to the response, which closes it once read.
+        headers = {**(headers or {}), **self.auth, "Connection": "close"}
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout)
-        except urllib.error.HTTPError as e:
-            with e:
-                raise OrchestratorError(_decode(e.read()).get("message") or f"HTTP {e.code}", e.code) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise OrchestratorError(f"cannot reach the server at {self.url}: {reason}") from None
+            try:
+                connection.request(method, url.path + path, body=body, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # answered before the whole body was sent
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()
+            raise OrchestratorError(f"cannot reach the server at {self.url}: {e}") from None
+        if response.status >= 400:
+            with response:
+                message = _decode(response.read()).get("message") or f"HTTP {response.status}"
+            raise OrchestratorError(message, response.status)
+        return response
 
 
 def _parts(fields: bytes, heads: list[bytes], paths: list[Path], tail: bytes) -> Iterator[bytes]:

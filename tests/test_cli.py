@@ -177,5 +177,15 @@ def test_a_server_with_api_tokens_needs_one_from_the_command_line_and_the_python
             Orchestrator(guarded.server.url).jobs()
         assert without.value.code == 401
         assert Orchestrator(guarded.server.url, token="portal-one").jobs()["jobs"][0]["status"] == "Completed"
+
+        # The server refuses the upload from its headers and closes the connection on the rest of the body: the
+        # client still reads why, rather than "Broken pipe".
+        (tmp_path / "big.bin").write_bytes(os.urandom(32 * 1024 * 1024))
+        with pytest.raises(OrchestratorError) as refused_big:
+            Orchestrator(guarded.server.url, token="wrong").submit("example", 1, [*job_files, tmp_path / "big.bin"])
+        assert (refused_big.value.code, refused_big.value.message) == (
+            401,
+            "missing or wrong token: calls to this server need API_TOKEN",
+        )
     finally:
         guarded.stop()
