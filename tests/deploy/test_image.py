@@ -108,7 +108,7 @@ def test_clients_join_a_server_by_themselves_under_their_container_names(podman,
     joined = {f"http://{client}:9000" for client in clients}
     deadline = time.monotonic() + 30
     while {client["address"] for client in json.loads(get(f"{url}/overview")[2])["clients"]} != joined:
-        assert time.monotonic() < deadline, get(f"{url}/overview")[2]
+        assert time.monotonic() < deadline, [get(f"{url}/overview")[2], *(podman.logs(name) for name in clients)]
         time.sleep(0.2)
     timed("image: two clients joined the server", started)
 
