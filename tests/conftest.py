@@ -7,6 +7,7 @@ With `tasks=True` its background tasks run as in production; without, tests call
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -163,15 +164,18 @@ LEFTOVERS: list[str] = []
 
 def pytest_sessionfinish(session):
     """Fail the run if anything the suite started is still alive once every test and fixture ended; name it,
-    then kill it, so that nothing outlives the suite."""
+    then kill it, so that nothing outlives the suite. Ended processes not reaped yet (a sandbox's init that came to
+    this subreaper) are reaped, rather than left to the machine's init."""
     for child in psutil.Process().children(recursive=True):
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
+                if child.ppid() == os.getpid():
+                    os.waitpid(child.pid, os.WNOHANG)
                 continue
             LEFTOVERS.append(f"pid {child.pid}: {' '.join(child.cmdline())[:200]}")
             child.kill()
-        except psutil.Error:
-            pass
+        except (psutil.Error, ChildProcessError):
+            pass  # ended, or reaped, meanwhile
     if LEFTOVERS:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
