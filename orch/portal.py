@@ -131,9 +131,11 @@ class Orchestrator:
                         done += len(chunk)
                         if progress is not None:
                             progress(done, total)
-            except OSError as e:
+                if done < total:  # http.client ends a body cut short quietly
+                    raise http.client.IncompleteRead(b"", total - done)
+            except (OSError, http.client.HTTPException) as e:
                 partial_file.unlink(missing_ok=True)
-                raise OrchestratorError(f"the download of job {job_id} was cut short: {e}") from None
+                raise OrchestratorError(f"the download of job {job_id} was cut short: {e!r}") from None
         partial_file.replace(target)
         return target
 
@@ -149,7 +151,10 @@ class Orchestrator:
 
     def _json(self, method: str, path: str, body: object = None, headers: dict | None = None) -> dict:
         with self._open(method, path, body, headers) as response:
-            return _decode(response.read())
+            try:
+                return _decode(response.read())
+            except (OSError, http.client.HTTPException) as e:
+                raise OrchestratorError(f"the answer of the server at {self.url} was cut short: {e!r}") from None
 
     def _open(self, method: str, path: str, body: object = None, headers: dict | None = None):
         """The server's answer to a request (a file-like response); OrchestratorError for an error answer.

@@ -189,3 +189,24 @@ def test_a_server_with_api_tokens_needs_one_from_the_command_line_and_the_python
         )
     finally:
         guarded.stop()
+
+
+def test_a_download_cut_short_raises_and_writes_nothing(tmp_path):
+    """The server dies while it sends a result: the Python client says so and leaves no file behind, complete or
+    partial."""
+    dying = Cluster(tmp_path / "dying", {}, {})
+    dying.start()
+    try:
+        server = Orchestrator(dying.server.url)
+        job = server.submit("example", 1, files(tmp_path, **{"run.sh": "head -c 64000000 /dev/urandom > big.bin\n"}))
+        assert server.wait(job["id"], interval=0.05)["status"] == "Completed"
+
+        def kill_the_server(done: int, total: int) -> None:
+            if dying.server.popen.poll() is None:
+                dying.server.kill()
+
+        with pytest.raises(OrchestratorError, match=f"the download of job {job['id']} was cut short"):
+            server.download(job["id"], tmp_path / "result.zip", progress=kill_the_server)
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["dying", "run.sh"]
+    finally:
+        dying.stop()
