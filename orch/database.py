@@ -139,12 +139,3 @@ def _guard(db: Database, model: type[Model], transitions: type[Model], pairs: fr
             f"WHEN NEW.status IS NOT OLD.status AND NOT {allowed} "
             f"BEGIN SELECT RAISE(ABORT, 'illegal status transition'); END"
         )
-
-
-def fact(facts: type[Model], key: str) -> str | None:
-    row = facts.get_or_none(facts.key == key)
-    return row.value if row else None
-
-
-def set_fact(facts: type[Model], key: str, value: str) -> None:
-    facts.insert(key=key, value=value).on_conflict(conflict_target=[facts.key], update={facts.value: value}).execute()

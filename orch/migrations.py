@@ -14,7 +14,19 @@ from collections.abc import Callable
 from peewee import BooleanField, CharField, Database, Model
 from playhouse.migrate import SchemaMigrator, migrate
 
-from orch.models import Abandoned, ClientFact, Job, JoinedClient, Lease, Payload, Server, ServerFact, backend
+from orch.models import (
+    Abandoned,
+    ClientFact,
+    Job,
+    JoinedClient,
+    Lease,
+    Payload,
+    Server,
+    ServerFact,
+    backend,
+    fact,
+    set_fact,
+)
 
 Step = Callable[[Database, SchemaMigrator], None]
 
@@ -78,8 +90,7 @@ def version(facts: type[Model]) -> int:
     """The schema version of the open database whose facts table is `facts`: 0 when it has no tables yet."""
     db = backend(facts._meta.database)
     if facts.table_exists():
-        row = facts.get_or_none(facts.key == VERSION)
-        return int(row.value) if row else 0
+        return int(fact(facts, VERSION) or 0)
     if db.get_tables():  # version 1, which only knew SQLite, kept it in user_version
         return int(db.execute_sql("PRAGMA user_version").fetchone()[0])
     return 0
@@ -103,6 +114,4 @@ def upgrade(facts: type[Model], models: list[type[Model]]) -> None:
             migrator = SchemaMigrator.from_database(db)
             for step in range(current + 1, newest + 1):
                 STEPS[facts][step](db, migrator)
-        facts.insert(key=VERSION, value=str(newest)).on_conflict(
-            conflict_target=[facts.key], update={facts.value: str(newest)}
-        ).execute()
+        set_fact(facts, VERSION, str(newest))

@@ -232,6 +232,16 @@ class ClientFact(Fact):
         table_name = "meta"
 
 
+def fact(facts: type[Fact], key: str) -> str | None:
+    """A fact of the open database whose facts table is `facts` (None: not recorded)."""
+    row = facts.get_or_none(facts.key == key)
+    return row.value if row else None
+
+
+def set_fact(facts: type[Fact], key: str, value: str) -> None:
+    facts.insert(key=key, value=value).on_conflict(conflict_target=[facts.key], update={facts.value: value}).execute()
+
+
 class PayloadTransition(Model):
     src = CharField()
     dst = CharField()

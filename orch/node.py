@@ -17,7 +17,7 @@ from tornado.process import Subprocess
 from orch import database, executors, jobs, ownership, payloads, peers, processes
 from orch.config import Config
 from orch.context import Context
-from orch.models import ClientFact, ServerFact
+from orch.models import ClientFact, ServerFact, fact, set_fact
 
 MAX_RESPONSE_BODY = 2**40  # result zips stream to disk: no practical limit
 
@@ -67,8 +67,8 @@ def _open(
     if not config.db_url and not config.db_path.exists():
         ownership.check(None, False, has_files, name, config.data_path, kind)
     opener(config.database)
-    stored = database.fact(facts, database.IDENTITY)
+    stored = fact(facts, database.IDENTITY)
     identity = ownership.check(stored, domain.kept(), has_files, name, config.data_path, kind)
     if identity is not None:
-        database.set_fact(facts, database.IDENTITY, identity)
+        set_fact(facts, database.IDENTITY, identity)
         ownership.mark(config.data_path, identity)
