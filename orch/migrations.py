@@ -25,6 +25,7 @@ from orch.models import (
     ServerFact,
     backend,
     fact,
+    is_postgres,
     set_fact,
 )
 
@@ -91,7 +92,7 @@ def version(facts: type[Model]) -> int:
     db = backend(facts._meta.database)
     if facts.table_exists():
         return int(fact(facts, VERSION) or 0)
-    if db.get_tables():  # version 1, which only knew SQLite, kept it in user_version
+    if not is_postgres(db) and db.get_tables():  # version 1, which only knew SQLite, kept it in user_version
         return int(db.execute_sql("PRAGMA user_version").fetchone()[0])
     return 0
 

@@ -5,6 +5,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from playhouse.migrate import SchemaMigrator, migrate
 
@@ -186,3 +187,13 @@ def test_a_newer_database_is_refused_on_both(server_database, closed):
     close(server_db)
     with pytest.raises(ValueError, match="schema version 99, newer than this program's"):
         open_server_db(server_database)
+
+
+def test_a_postgresql_database_holding_other_tables_gets_the_schema_beside_them(postgres_url, closed):
+    """An institute's database may hold other tables: it is a new database for the orchestrator all the same."""
+    other = psycopg.connect(postgres_url, autocommit=True)
+    other.execute("CREATE TABLE portal_users (id integer PRIMARY KEY)")
+    other.close()
+    open_server_db(postgres_url)
+    assert migrations.version(ServerFact) == migrations.latest(ServerFact)
+    assert {"jobs", "portal_users"} <= set(server_db.get_tables())
