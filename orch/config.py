@@ -274,6 +274,7 @@ def validate(config: Config) -> None:
         "http_connect_timeout",
         "http_timeout",
         "client_lost_after",
+        "client_lease",
         "slurm_poll_interval",
     )
     for name in positive:
@@ -307,8 +308,6 @@ def validate(config: Config) -> None:
             f"HOST is {config.host}, so anyone who reaches this client could run code on it: set "
             "ORCH_TOKEN (the same on the server), or pass --insecure if the network is private"
         )
-    if not 0 < config.client_lease < math.inf:
-        raise ValueError(f"CLIENT_LEASE must be greater than 0, got {config.client_lease}")
     if config.slurm_time_limit < 0:
         raise ValueError(f"SLURM_TIME_LIMIT must be a number of seconds (0: none), got {config.slurm_time_limit}")
     if config.slots < 1:
@@ -472,7 +471,7 @@ def _clients(name: str, settings: dict[str, tuple[str, str]]) -> tuple[ClientCon
 
 def joined_services(raw: str) -> dict[str, ServiceConfig]:
     """A client's SERVICES (`example,haddock`): the services it announces itself for, by lower-cased name."""
-    names = [part.strip() for part in raw.split(",") if part.strip()]
+    names = split(raw)
     for name in names:
         if not re.fullmatch(r"[A-Za-z0-9_]+", name):
             raise ValueError(f"SERVICES must list service names (letters, digits, _) separated by commas, got {raw!r}")
