@@ -129,5 +129,10 @@ async function refresh() {
   }
 }
 
-refresh();
-setInterval(refresh, REFRESH_MS);
+// The next refresh is set once this one has its answer: a slow server never gets a pile of requests.
+async function keepRefreshing() {
+  await refresh();
+  setTimeout(keepRefreshing, REFRESH_MS);
+}
+
+keepRefreshing();
