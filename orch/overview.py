@@ -28,9 +28,9 @@ async def snapshot(ctx: Context) -> dict:
     their `load`, the recent `failures`, and when (`at`)."""
     services, users = queues(ctx)
     found = placement.clients(ctx, ctx.clock())
-    cpu = await loads(ctx, [client["address"] for client in found])
+    cpu = await loads(ctx, [client["address"] for client in found if client["up"]])  # not wait for the others
     for client in found:
-        client["load"] = cpu[client["address"]]
+        client["load"] = cpu.get(client["address"])
     return {
         "services": services,
         "users": users[:MAX_USERS],
