@@ -42,13 +42,18 @@ async def test_an_announced_client_joins_its_services_until_its_lease_ends(serve
 
 
 async def test_announcing_again_renews_the_lease_of_the_same_row(server):
+    t0 = server.ctx.clock()
+    server.ctx.clock = lambda: t0
     await announce(server, NODE)
     first = JoinedClient.get()
+    assert (first.joined_at, first.expires_at) == (t0, t0 + 30)
+    server.ctx.clock = lambda: t0 + 10  # ten seconds later, well within its lease
     code, _ = await announce(server, {**NODE, "url": "http://node1:9000/", "slots": 6})  # the same address
     assert code == 200
     (again,) = JoinedClient.select()
     assert (again.address, again.slots, again.joined_at) == ("http://node1:9000", 6, first.joined_at)
     assert again.expires_at >= first.expires_at
+    assert again.expires_at == t0 + 10 + 30  # a whole lease from the second announcement
 
 
 async def test_services_not_configured_here_are_ignored_and_said_so(server):
