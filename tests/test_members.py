@@ -141,9 +141,13 @@ async def test_a_client_whose_announcements_are_refused_says_why_once_and_keeps_
     server = nodes("server", orch_token=TOKEN, service_example_clients="")
     client = nodes("client", orch_token="another-token", server_url=server.url, services="example")
     now = client.ctx.clock()
+    state = client.ctx.state(members.Announcing)
     assert await members.announce(client.ctx, now) is False
+    assert state.next_at == now + members.RETRY
     assert await members.announce(client.ctx, now + 1) is False  # not yet: it waits a few seconds
+    assert state.next_at == now + members.RETRY  # it did not try: its next try is still the same
     assert await members.announce(client.ctx, now + members.RETRY) is False
+    assert state.next_at == now + members.RETRY + members.RETRY  # it tried again, and waits as long again
     warnings = [r.getMessage() for r in caplog.records if r.name == "orch.members" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "401" in warnings[0]
     assert JoinedClient.select().count() == 0
