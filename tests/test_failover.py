@@ -20,7 +20,7 @@ from orch.models import Abandoned, Job, JobEvent, Payload
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
-from tests.conftest import Node, job_status, multipart, payload_status, script, upload, wait_for
+from tests.conftest import Node, job_status, multipart, payload_status, round_of, script, upload, wait_for
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -63,11 +63,6 @@ def failing(io_loop) -> Iterator[FailingClient]:
     server.add_socket(sock)
     yield fake
     server.stop()
-
-
-async def round_of(server: Node, tick, now: float) -> None:
-    await tick(server.ctx, now)
-    await server.settle()
 
 
 async def test_a_send_that_could_not_connect_leaves_the_job_free_to_go_to_another_client(nodes, closed_port):
