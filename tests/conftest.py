@@ -269,6 +269,12 @@ async def wait_for(condition: Callable[[], object | Awaitable[object]], timeout:
         await asyncio.sleep(0.01)
 
 
+async def round_of(server: Node, tick, now: float) -> None:
+    """One round of a task's `tick` on `server` at `now`, and the work it started, to its end."""
+    await tick(server.ctx, now)
+    await server.settle()
+
+
 def job_status(job_id: int) -> str:
     return Job.get_by_id(job_id).status
 

@@ -95,12 +95,13 @@ def test_a_job_can_neither_read_change_nor_forge_another_users_job(cluster):
 
 def test_a_job_cannot_read_the_clients_token(cluster):
     """The job looks for ORCH_TOKEN where it was found before: in the environment of its parent's parent (the
-    blocklist's `/proc/` rule does not see a split word), of every process it can see, in its own."""
+    blocklist's `/proc/` rule does not see a split word), of every process it can see, in its own. What it read of
+    every process goes to procs.txt, so that a look that read nothing does not pass for one that found nothing."""
     attack = (
         "P=/pro;P=${P}c\n"
         "C=$(awk '{print $4}' $P/$PPID/stat)\n"
         "tr '\\0' '\\n' < $P/$C/environ >> found.txt 2>&1\n"
-        "for f in $P/[0-9]*/environ $P/[0-9]*/cmdline; do tr '\\0' '\\n' < $f; done >> found.txt 2>&1\n"
+        "for f in $P/[0-9]*/environ $P/[0-9]*/cmdline; do tr '\\0' '\\n' < $f; done >> procs.txt 2>&1\n"
         "env >> found.txt\n"
         "exit 0\n"
     )
@@ -109,6 +110,9 @@ def test_a_job_cannot_read_the_clients_token(cluster):
     assert status(cluster, job_id) == "Completed"
     found = result(cluster, job_id)
     assert found.read("found.txt")  # it did look
+    # It did read environments through /proc: at least its own processes', which hold their run's tag.
+    tags = {line for line in found.read("found.txt").splitlines() if line.startswith(b"ORCHESTRATOR_RUN=")}
+    assert tags and tags <= set(found.read("procs.txt").splitlines())
     assert all(TOKEN.encode() not in found.read(name) for name in found.namelist())
 
 

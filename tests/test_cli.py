@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import Cluster
-from bench.harness import free_port
+from bench.harness import ROOT, free_port
 from orch.portal import Orchestrator, OrchestratorError
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from orch import placement, tracking
 from orch.models import Abandoned, Job, JobEvent
 from tasks.getter import poll_dispatched
 from tasks.sender import send_queued
-from tests.conftest import Node, job_status, script, upload, wait_for
+from tests.conftest import job_status, round_of, script, upload, wait_for
 
 TOKEN = "s3cret-token-for-tests"
 LOST_AFTER = 10
@@ -74,11 +74,6 @@ def payload(client: ClientProcess, dest_id: int) -> dict:
     with sqlite3.connect(client.folder / "client.sqlite") as db:
         status, job_key = db.execute('SELECT "status", "job_key" FROM "payloads" WHERE "id" = ?', (dest_id,)).fetchone()
     return {"status": status, "job_key": job_key}
-
-
-async def round_of(server: Node, tick, now: float) -> None:
-    await tick(server.ctx, now)
-    await server.settle()
 
 
 async def test_jobs_fill_each_clients_free_slots_as_its_status_says_and_no_more(

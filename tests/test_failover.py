@@ -6,6 +6,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from tornado.httpserver import HTTPServer
@@ -19,7 +20,7 @@ from orch.models import Abandoned, Job, JobEvent, Payload
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
-from tests.conftest import Node, job_status, multipart, payload_status, script, upload, wait_for
+from tests.conftest import Node, job_status, multipart, payload_status, round_of, script, upload, wait_for
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -33,9 +34,17 @@ def closed_port() -> Iterator[str]:
     sock.close()
 
 
+@dataclass
+class FailingClient:
+    """A client at `url` that fails every submit; `posts`: how many it received."""
+
+    url: str
+    posts: int = 0
+
+
 @pytest.fixture
-def failing(io_loop) -> Iterator[str]:
-    """The address of a client that reads a whole submit, then fails (500): it may have made a payload."""
+def failing(io_loop) -> Iterator[FailingClient]:
+    """A client that reads a whole submit, then fails (500): it may have made a payload. It counts the submits."""
     received = []
 
     @stream_request_body
@@ -44,19 +53,16 @@ def failing(io_loop) -> Iterator[str]:
             received.append(chunk)
 
         def post(self) -> None:
+            fake.posts += 1
             self.set_status(500)
             self.finish('{"message": "disk full"}')
 
     sock, port = bind_unused_port()
+    fake = FailingClient(f"http://127.0.0.1:{port}")
     server = HTTPServer(Application([(r"/submit", Submit)], log_function=lambda handler: None))
     server.add_socket(sock)
-    yield f"http://127.0.0.1:{port}"
+    yield fake
     server.stop()
-
-
-async def round_of(server: Node, tick, now: float) -> None:
-    await tick(server.ctx, now)
-    await server.settle()
 
 
 async def test_a_send_that_could_not_connect_leaves_the_job_free_to_go_to_another_client(nodes, closed_port):
@@ -72,7 +78,7 @@ async def test_a_send_that_could_not_connect_leaves_the_job_free_to_go_to_anothe
     assert (job_status(job.id), Job.get_by_id(job.id).client) == ("Submitted", client.url)
 
 
-async def bound_to_failing(server: Node, good: Node, failing: str, now: float) -> int:
+async def bound_to_failing(server: Node, good: Node, now: float) -> int:
     """Upload a job and send it to `failing` (the good client waits out a failure in that round); its id."""
     _, body = await upload(server, script("exit 0\n"))
     tracking.failed(server.ctx, ClientConfig.at(good.url), now, "busy")
@@ -83,29 +89,35 @@ async def bound_to_failing(server: Node, good: Node, failing: str, now: float) -
 
 async def test_a_send_that_may_have_reached_its_client_keeps_the_job_bound_to_it_until_it_is_lost(nodes, failing):
     client = nodes("client", tasks=True)
-    server = nodes("server", service_example_clients=f"{failing},{client.url}", client_lost_after=10)
+    server = nodes("server", service_example_clients=f"{failing.url},{client.url}", client_lost_after=10)
     now = time.time()
-    job_id = await bound_to_failing(server, client, failing, now)
+    job_id = await bound_to_failing(server, client, now)
     job = Job.get_by_id(job_id)
-    assert (job.status, job.client) == ("Queued", failing)
+    assert (job.status, job.client) == ("Queued", failing.url)
     assert "disk full" in job.message
+    assert failing.posts == 1
     await round_of(server, send_queued, now + 0.5)  # its backoff is not over: it waits, though the other is free
-    assert (job_status(job_id), Job.get_by_id(job_id).client) == ("Queued", failing)
+    assert (job_status(job_id), Job.get_by_id(job_id).client) == ("Queued", failing.url)
+    assert failing.posts == 1
     await round_of(server, send_queued, now + 1)  # sent to the same client again (and it fails again)
-    assert (job_status(job_id), Job.get_by_id(job_id).client) == ("Queued", failing)
+    assert (job_status(job_id), Job.get_by_id(job_id).client) == ("Queued", failing.url)
+    assert failing.posts == 2
     await round_of(server, send_queued, now + 20)  # failing for longer than CLIENT_LOST_AFTER
     job = Job.get_by_id(job_id)
     assert job.status == "Failed"
-    assert job.message.startswith(f"could not reach the example client for 20 s at {failing}")
+    assert job.message.startswith(f"could not reach the example client for 20 s at {failing.url}")
 
 
 async def test_with_retry_lost_a_job_bound_to_a_lost_client_runs_again_elsewhere_as_its_next_attempt(nodes, failing):
     client = nodes("client", tasks=True)
     server = nodes(
-        "server", service_example_clients=f"{failing},{client.url}", client_lost_after=10, service_example_retry_lost=1
+        "server",
+        service_example_clients=f"{failing.url},{client.url}",
+        client_lost_after=10,
+        service_example_retry_lost=1,
     )
     now = time.time()
-    job_id = await bound_to_failing(server, client, failing, now)
+    job_id = await bound_to_failing(server, client, now)
     await round_of(server, send_queued, now + 20)
     job = Job.get_by_id(job_id)
     assert (job.status, job.attempt, job.client) == ("Queued", 2, None)

@@ -42,13 +42,18 @@ async def test_an_announced_client_joins_its_services_until_its_lease_ends(serve
 
 
 async def test_announcing_again_renews_the_lease_of_the_same_row(server):
+    t0 = server.ctx.clock()
+    server.ctx.clock = lambda: t0
     await announce(server, NODE)
     first = JoinedClient.get()
+    assert (first.joined_at, first.expires_at) == (t0, t0 + 30)
+    server.ctx.clock = lambda: t0 + 10  # ten seconds later, well within its lease
     code, _ = await announce(server, {**NODE, "url": "http://node1:9000/", "slots": 6})  # the same address
     assert code == 200
     (again,) = JoinedClient.select()
     assert (again.address, again.slots, again.joined_at) == ("http://node1:9000", 6, first.joined_at)
     assert again.expires_at >= first.expires_at
+    assert again.expires_at == t0 + 10 + 30  # a whole lease from the second announcement
 
 
 async def test_services_not_configured_here_are_ignored_and_said_so(server):
@@ -136,9 +141,13 @@ async def test_a_client_whose_announcements_are_refused_says_why_once_and_keeps_
     server = nodes("server", orch_token=TOKEN, service_example_clients="")
     client = nodes("client", orch_token="another-token", server_url=server.url, services="example")
     now = client.ctx.clock()
+    state = client.ctx.state(members.Announcing)
     assert await members.announce(client.ctx, now) is False
+    assert state.next_at == now + members.RETRY
     assert await members.announce(client.ctx, now + 1) is False  # not yet: it waits a few seconds
+    assert state.next_at == now + members.RETRY  # it did not try: its next try is still the same
     assert await members.announce(client.ctx, now + members.RETRY) is False
+    assert state.next_at == now + members.RETRY + members.RETRY  # it tried again, and waits as long again
     warnings = [r.getMessage() for r in caplog.records if r.name == "orch.members" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "401" in warnings[0]
     assert JoinedClient.select().count() == 0

@@ -78,7 +78,7 @@ async def test_claims_by_two_processes_take_turns_between_users_as_one_would(pai
     assert served == [1, 2, 1, 2, 1, 2]
 
 
-async def test_two_processes_cleaning_at_once_remove_each_job_once(postgres_url, nodes, client):
+async def test_two_processes_cleaning_at_once_remove_each_job_once(postgres_url, nodes, client, monkeypatch):
     first, second = (nodes("server", db_url=postgres_url, max_age=1, **services(client)) for _ in range(2))
     ids = []
     for _ in range(3):
@@ -86,7 +86,11 @@ async def test_two_processes_cleaning_at_once_remove_each_job_once(postgres_url,
         ids.append(body["id"])
         assert jobs.move(first.ctx, body["id"], Status.QUEUED, Status.KILLED, "by the test")
     later = time.time() + 10
-    assert await clean_jobs(first.ctx, later) + await clean_jobs(second.ctx, later) == 3
+    listed = jobs.expired(later - 1, 10)
+    assert sorted(job.id for job in listed) == sorted(ids)
+    # Both processes look at the same moment, before either cleaned anything: each finds all three.
+    monkeypatch.setattr(jobs, "expired", lambda before, limit: list(listed))
+    assert sum(await asyncio.gather(clean_jobs(first.ctx, later), clean_jobs(second.ctx, later))) == 3
     for job_id in ids:
         assert Job.get_by_id(job_id).status == "Cleaned"
         assert not jobs.folder(first.ctx, Job.get_by_id(job_id)).exists()

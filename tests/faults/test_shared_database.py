@@ -7,13 +7,12 @@ import time
 
 import psycopg
 
-from bench.cluster import Node, multipart, request, wait
+from bench.cluster import FINISHED, Node, multipart, request, wait
 from orch import peers
 from tests.faults.counts import COUNTS
 
 JOBS = 500
 USERS = 5
-FINISHED = {"Completed", "Failed", "Invalid", "Killed", "Unknown", "Cleaned"}
 
 
 def test_two_servers_on_one_database_run_every_job_once_while_one_is_killed_twice(tmp_path, shared, postgres_url):
