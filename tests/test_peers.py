@@ -49,6 +49,17 @@ async def test_only_one_process_follows_each_client_and_the_other_takes_over_whe
     assert Lease.get_by_id(f"client {address}").holder == second.ctx.process
 
 
+async def test_a_process_alone_on_its_database_follows_its_clients_without_writing_leases(server):
+    await upload(server, script("exit 0\n"))
+    assert await send_queued(server.ctx, time.time()) == 1
+    await server.settle()
+    now = time.time()
+    assert tracking.follow_clients(server.ctx, now) == 1
+    assert tracking.poll_due(server.ctx, now) == 1
+    await server.settle()
+    assert Lease.select().count() == 0
+
+
 async def test_a_job_left_half_sent_by_a_dead_process_goes_back_to_the_queue_once_it_is_found_dead(pair):
     first, second = pair()
     _, body = await upload(first, script("exit 0\n"))
