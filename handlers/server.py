@@ -14,7 +14,10 @@ from orch.wire import ZIP_TYPE
 
 class Upload(UploadHandler):
     def staging_parent(self) -> Path:
-        return self.ctx.data_path  # the folder becomes the job's own: nothing to move once it is accepted
+        """Alone on the data folder, straight into DATA_PATH: the folder becomes the job's own, nothing to move once
+        it is accepted. Shared, into this process's scratch folder: another process starting meanwhile would take
+        a folder of DATA_PATH with no job for an upload cut short (see `orch.jobs.recover`)."""
+        return self.ctx.tmp_path if self.ctx.config.shares_data else self.ctx.data_path
 
     async def post(self) -> None:
         """Submit a job.
@@ -55,7 +58,10 @@ class Upload(UploadHandler):
                 example: {id: 0, status: Unknown, message: "Invalid service 'x': the configured services are example"}
           "413": {$ref: "#/components/responses/TooLarge"}
         """
-        job = jobs.create_job(self.ctx, self.received_fields(), self.staging)
+        fields = self.received_fields()
+        if self.staging.parent != self.ctx.data_path:  # into place before the job exists: any process may send it
+            self.staging = self.staging.rename(self.ctx.data_path / self.staging.name)
+        job = jobs.create_job(self.ctx, fields, self.staging)
         self.staging = None
         self.write_json(jobs.as_json(job, "Job successfully uploaded"), 201)
 

@@ -13,13 +13,14 @@ import shutil
 import time
 from pathlib import Path
 
+from peewee import fn
 from tornado.ioloop import IOLoop
 
 from orch import ownership, peers, storage, timings
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import BadRequest, ClientError, Conflict, NotFound
-from orch.models import Job, create, fetch, run, server_db, set_values, transition
+from orch.models import Job, create, fetch, run, server_db, transition
 from orch.states import ACTIVE, FINISHED, Status
 from orch.wire import GONE, Destination
 
@@ -310,14 +311,16 @@ def recover(ctx: Context) -> None:
     if not ctx.config.shares_data:
         shutil.rmtree(ctx.tmp_path, ignore_errors=True)
     release_orphans(ctx, now)
-    waiting = Job.select(Job.id, Job.service).where(
-        Job.status == Status.QUEUED, Job.service.not_in(list(ctx.config.services))
+    waiting = (
+        Job.select(Job.service, fn.COUNT(Job.id))
+        .where(Job.status == Status.QUEUED, Job.service.not_in(list(ctx.config.services)))
+        .group_by(Job.service)
+        .tuples()
     )
-    missing: dict[str, int] = {}
-    for job in waiting:
-        missing[job.service] = missing.get(job.service, 0) + 1
-        set_values(Job, job.id, message=f"waiting: service {job.service!r} is not configured on this server")
-    for name, count in sorted(missing.items()):
+    for name, count in sorted(waiting):
+        Job.update(message=f"waiting: service {name!r} is not configured on this server").where(
+            Job.status == Status.QUEUED, Job.service == name
+        ).execute()
         log.warning(
             "%d queued jobs of service %r wait: it is not configured (SERVICE_%s_...)", count, name, name.upper()
         )
@@ -326,10 +329,8 @@ def recover(ctx: Context) -> None:
             Job.update(client=service.clients[0].address).where(
                 Job.service == name, Job.client.is_null(), Job.dest_id.is_null(False)
             ).execute()
-    strays = [
-        entry
-        for entry in ctx.data_path.iterdir()
-        if _is_job_entry(entry)
-        and not Job.select().where(Job.folder == entry.name.removesuffix(".zip"), Job.status != Status.CLEANED).exists()
-    ]
+    entries = [entry for entry in ctx.data_path.iterdir() if _is_job_entry(entry)]
+    # Read after the listing: another server process creates the job of a folder right after moving it in.
+    known = {name for (name,) in Job.select(Job.folder).where(Job.status != Status.CLEANED).tuples()}
+    strays = [entry for entry in entries if entry.name.removesuffix(".zip") not in known]
     ownership.quarantine(ctx.data_path, strays, now, "they belong to no job")

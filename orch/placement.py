@@ -61,19 +61,21 @@ async def learn_slots(ctx: Context, clients: list[ClientConfig], now: float) -> 
 
 async def _ask_slots(ctx: Context, client: ClientConfig, now: float) -> None:
     """Learn the client's slots from its `/status` in the round at `now` (None if it does not say; as they were
-    if it cannot be reached, which is recorded as any failure to call it)."""
-    known = ctx.state(Known).slots
+    if it cannot be reached, which is recorded as any failure to call it, and it is asked again once its backoff
+    is over: until it says, it would count as having MAX_RUNS)."""
+    known = ctx.state(Known)
     try:
         status = await ctx.clients.status(client)
     except ClientError as e:
         log.debug("%s did not say its slots: %s", client.address, e.message)
-        known.setdefault(client.address, None)
+        known.slots.setdefault(client.address, None)
         if e.code not in (404, 405):  # a client of the original answers so: it has no /status
             tracking.failed(ctx, client, now, e.message)
+            known.asked_at.pop(client.address, None)
         return
     tracking.answered(ctx, client)
     said = status.get("slots")
-    known[client.address] = said if isinstance(said, int) and not isinstance(said, bool) and said > 0 else None
+    known.slots[client.address] = said if isinstance(said, int) and not isinstance(said, bool) and said > 0 else None
 
 
 def up(ctx: Context, service: ServiceConfig, members: list[Member], now: float) -> list[ClientConfig]:

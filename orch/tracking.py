@@ -298,7 +298,7 @@ def send_ended(ctx: Context, job_id: int, payload_status: str | None) -> None:
 
 def follow_clients(ctx: Context, now: float) -> int:
     """Follow the event stream of each client this process is responsible for (those of the services, listed or
-    joined at `now`, and those that dispatched jobs were sent to: see `_responsible`), unless it has none; stop
+    joined at `now`, and those that unfinished jobs are placed on: see `_responsible`), unless it has none; stop
     following those that left (their jobs are polled) or that another process took over. Return how many
     clients this process follows."""
     tracking = _state(ctx)
@@ -308,8 +308,8 @@ def follow_clients(ctx: Context, now: float) -> int:
         for service in ctx.config.services.values()
         for client in members.clients_of(service, joined)
     }
-    for _, address in jobs.dispatched():
-        if address is not None and address not in clients:
+    for address in jobs.placed():
+        if address not in clients:
             clients[address] = ctx.config.client_at(address)
     mine = {address for address in clients if _responsible(ctx, address, now)}
     for address, task in list(tracking.follows.items()):
@@ -324,9 +324,10 @@ def follow_clients(ctx: Context, now: float) -> int:
 
 def _responsible(ctx: Context, address: str | None, now: float) -> bool:
     """Whether this process follows the client at `address` (its stream, the polls of its jobs): it holds the
-    client's lease, taken or renewed here. Server processes sharing a database thus follow each client once.
-    (A job sent by a version that did not record its client has no address: any process polls it.)"""
-    return address is None or peers.hold(ctx, f"client {address}", now)
+    client's lease, taken or renewed here. Server processes sharing a database thus follow each client once; one
+    alone on its database (SQLite) follows every client without writing a lease at every round. (A job sent by
+    a version that did not record its client has no address: any process polls it.)"""
+    return address is None or not ctx.config.shares_data or peers.hold(ctx, f"client {address}", now)
 
 
 def unfollow_all(ctx: Context) -> None:

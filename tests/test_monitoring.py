@@ -2,12 +2,13 @@
 and the Swagger pages that document them."""
 
 import json
+import uuid
 import zipfile
 
 import pytest
 
-from orch import history
-from orch.models import Job, server_db
+from orch import history, jobs, timings
+from orch.models import Job, create, server_db
 from orch.states import Status
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
@@ -257,6 +258,22 @@ async def test_server_metrics_count_jobs_queues_quotas_clients_and_time_jobs(nod
     assert found['orchestrator_queue_seconds_count{service="example"}'] == 3  # three jobs were sent
     assert found['orchestrator_run_seconds_count{service="example"}'] == 2  # two ended
     assert found['orchestrator_run_seconds_bucket{le="+Inf",service="example"}'] == 2
+
+
+def test_a_run_is_timed_from_its_send_whatever_a_failed_terminate_or_an_earlier_attempt_left(server):
+    s = Status
+    ran, requeued = (create(Job, s.QUEUED, NOW, user_id=1, service="example", folder=uuid.uuid4().hex) for _ in "ab")
+    for job in (ran, requeued):
+        assert jobs.move(server.ctx, job.id, s.QUEUED, s.PROCESSING, now=NOW + 1)
+        assert jobs.move(server.ctx, job.id, s.PROCESSING, s.SUBMITTED, now=NOW + 2)
+    assert jobs.move(server.ctx, ran.id, s.SUBMITTED, s.LOCKED, now=NOW + 50)
+    assert jobs.move(server.ctx, ran.id, s.LOCKED, s.SUBMITTED, now=NOW + 50)  # the terminate failed
+    assert jobs.move(server.ctx, ran.id, s.SUBMITTED, s.COMPLETED, now=NOW + 102)
+    assert jobs.move(server.ctx, requeued.id, s.SUBMITTED, s.QUEUED, now=NOW + 10)  # lost with its client
+    assert jobs.move(server.ctx, requeued.id, s.QUEUED, s.KILLED, now=NOW + 20)  # cancelled before it ran again
+    histogram = timings.registry(server.ctx).registry
+    assert histogram.get_sample_value("orchestrator_run_seconds_count", {"service": "example"}) == 1
+    assert histogram.get_sample_value("orchestrator_run_seconds_sum", {"service": "example"}) == 100
 
 
 async def test_client_metrics_count_payloads_by_status(server, client):

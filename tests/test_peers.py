@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from orch import jobs, peers, tracking
+from orch import jobs, ownership, peers, tracking
 from orch.models import Job, Lease, Server
 from orch.states import Status
 from tasks.cleaner import clean_jobs
 from tasks.heartbeat import heartbeat
 from tasks.sender import send_queued
-from tests.conftest import script, services, upload
+from tests.conftest import multipart, script, services, upload, wait_for
 
 
 @pytest.fixture
@@ -49,6 +49,17 @@ async def test_only_one_process_follows_each_client_and_the_other_takes_over_whe
     assert Lease.get_by_id(f"client {address}").holder == second.ctx.process
 
 
+async def test_a_process_alone_on_its_database_follows_its_clients_without_writing_leases(server):
+    await upload(server, script("exit 0\n"))
+    assert await send_queued(server.ctx, time.time()) == 1
+    await server.settle()
+    now = time.time()
+    assert tracking.follow_clients(server.ctx, now) == 1
+    assert tracking.poll_due(server.ctx, now) == 1
+    await server.settle()
+    assert Lease.select().count() == 0
+
+
 async def test_a_job_left_half_sent_by_a_dead_process_goes_back_to_the_queue_once_it_is_found_dead(pair):
     first, second = pair()
     _, body = await upload(first, script("exit 0\n"))
@@ -59,6 +70,28 @@ async def test_a_job_left_half_sent_by_a_dead_process_goes_back_to_the_queue_onc
     assert jobs.release_orphans(second.ctx, now) == 1
     job = Job.get_by_id(body["id"])
     assert (job.status, job.message) == ("Queued", "the server stopped while sending it")
+
+
+async def test_a_process_starting_leaves_alone_an_upload_that_another_is_receiving(postgres_url, nodes, client):
+    first = nodes("server", db_url=postgres_url, **services(client))
+    body, content_type = multipart({"user_id": "1", "service": "example"}, script("exit 0\n"))
+    go_on = asyncio.Event()
+
+    async def produce(write) -> None:
+        await write(body[:-10])
+        await go_on.wait()
+        await write(body[-10:])
+
+    uploading = asyncio.ensure_future(
+        first.json("/upload", method="POST", body_producer=produce, headers={"Content-Type": content_type})
+    )
+    await wait_for(lambda: list(first.config.data_path.rglob("run.sh")))  # being received
+    nodes("server", db_url=postgres_url, **services(client))  # it recovers the shared data folder as it starts
+    go_on.set()
+    code, answer = await uploading
+    assert code == 201
+    assert (jobs.folder(first.ctx, Job.get_by_id(answer["id"])) / "run.sh").read_bytes() == b"exit 0\n"
+    assert not (first.config.data_path / ownership.QUARANTINE).exists()
 
 
 async def test_claims_by_two_processes_take_turns_between_users_as_one_would(pair):

@@ -127,6 +127,31 @@ async def test_a_client_of_the_original_counts_as_having_the_services_max_runs(n
         original.stop()
 
 
+async def test_a_client_whose_status_failed_is_asked_again_once_its_backoff_is_over(nodes):
+    """Until it says its slots, it would count as having the service's MAX_RUNS."""
+    asked = []
+
+    class Restarting(RequestHandler):
+        def get(self) -> None:
+            asked.append(self.request.path)
+            if len(asked) == 1:
+                self.set_status(503)  # restarting
+            self.write({"slots": 1})
+
+    sock, port = bind_unused_port()
+    listening = HTTPServer(Application([(r"/status", Restarting)], log_function=lambda handler: None))
+    listening.add_socket(sock)
+    address = f"http://127.0.0.1:{port}"
+    server = nodes("server", service_example_clients=address, service_example_max_runs=3)
+    try:
+        assert await claim(server.ctx, NOW) == []  # nothing queued; its /status fails
+        ids = queue(3)
+        assert await claim(server.ctx, NOW + 1) == ids[:1]  # its backoff is over: asked again, it has 1 slot
+        assert asked == ["/status", "/status"]
+    finally:
+        listening.stop()
+
+
 async def test_a_client_whose_lease_ended_takes_no_more_jobs(server):
     join(server, A, 2, now=NOW)
     join(server, B, 2, now=NOW + 20)
