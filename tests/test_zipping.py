@@ -115,3 +115,15 @@ async def test_partial_downloads_of_a_job_share_one_zip_built_at_most_every_few_
     (folder / "go").touch()
     await wait_for(lambda: payload_status(payload_id) in DONE)
     assert not payloads.partial_file(client.ctx, payload_id).exists()  # gone with the run
+
+
+async def test_a_partial_download_of_a_finished_job_leaves_nothing_of_its_zip_behind(nodes):
+    client = nodes("client")
+    payload_id = await submitted(client, "echo one > one.txt\n")
+    await start_prepared(client.ctx, time.time())
+    await wait_for(lambda: payload_status(payload_id) in DONE)
+
+    response = await client.fetch(f"/retrieve_partial/{payload_id}")
+    assert "one.txt" in zipfile.ZipFile(io.BytesIO(response.body)).namelist()
+    assert control_files(client) == [f"{payload_id}.exit", f"{payload_id}.zip"]
+    assert payload_id not in client.ctx.state(zipping.Zips).partials
