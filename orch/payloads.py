@@ -261,7 +261,12 @@ async def partial_zip(ctx: Context, payload: Payload) -> BinaryIO:
     download meanwhile), open for reading; the caller closes it. Only a running payload keeps its partial zip."""
     if not folder(ctx, payload.id).is_dir():
         raise NotFound(f"Payload {payload.id} has no files any more ({payload.status})", payload.id, payload.status)
-    zipped = await zipping.partial(ctx, payload.id, folder(ctx, payload.id), partial_file(ctx, payload.id))
+    while True:
+        try:
+            zipped = await zipping.partial(ctx, payload.id, folder(ctx, payload.id), partial_file(ctx, payload.id))
+            break
+        except storage.ZipStopped:
+            pass  # its run was stopped meanwhile (killed, or out of time): a zip of what it left
     if get(payload.id).status != Status.RUNNING:  # its run is over (or has not begun): the download keeps its copy
         zipping.forget_partial(ctx, payload.id, partial_file(ctx, payload.id))
     return zipped

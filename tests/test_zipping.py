@@ -8,6 +8,8 @@ import stat
 import time
 import zipfile
 
+import pytest
+
 from orch import payloads, zipping
 from orch.models import Payload
 from orch.states import FINISHED
@@ -127,3 +129,37 @@ async def test_a_partial_download_of_a_finished_job_leaves_nothing_of_its_zip_be
     assert "one.txt" in zipfile.ZipFile(io.BytesIO(response.body)).namelist()
     assert control_files(client) == [f"{payload_id}.exit", f"{payload_id}.zip"]
     assert payload_id not in client.ctx.state(zipping.Zips).partials
+
+
+def partial_zip_reading_huge(client: Node, payload_id: int) -> bool:
+    """A partial zip of the payload is being written past its first bytes: it is reading huge.bin (its first file)."""
+    control = payloads.control_path(client.ctx)
+    return any(path.stat().st_size > 0 for path in control.glob(f".{payload_id}.partial.zip.*.tmp"))
+
+
+@pytest.mark.parametrize("stop", ["kill", "walltime"])
+async def test_a_stop_of_the_payload_stops_its_partial_zip_and_the_download_gets_what_is_left(nodes, stop):
+    client = nodes("client")
+    body = HUGE + "while [ ! -e go ]; do sleep 0.01; done\n"
+    payload_id = await submitted(client, body, **({"timeout": "5"} if stop == "walltime" else {}))
+    await start_prepared(client.ctx, time.time())
+    folder = payloads.folder(client.ctx, payload_id)
+    await wait_for(lambda: (folder / "huge.bin").exists())
+    download = asyncio.ensure_future(client.fetch(f"/retrieve_partial/{payload_id}"))
+    await wait_for(lambda: partial_zip_reading_huge(client, payload_id))
+    (folder / "huge.bin").unlink()  # the partial zip reads it to its end, unless stopped
+    (folder / "go").touch()
+    await wait_for(lambda: payload_id in client.ctx.state(zipping.Zips).stops)  # the result's zip waits for it
+
+    start = time.monotonic()
+    if stop == "kill":
+        code, answer = await client.json(f"/kill/{payload_id}", method="POST", body=b"")
+        assert (code, answer["status"]) == (200, "Killed")
+    else:
+        await wait_for(lambda: payload_status(payload_id) in DONE)
+        assert Payload.get_by_id(payload_id).message == "timeout: run.sh and the zip of its result took longer than 5 s"
+    assert time.monotonic() - start < 8
+
+    response = await download
+    assert sorted(zipfile.ZipFile(io.BytesIO(response.body)).namelist()) == ["go", "run.log", "run.sh"]
+    assert control_files(client) == [f"{payload_id}.exit"]
