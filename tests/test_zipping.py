@@ -42,9 +42,14 @@ async def test_a_job_is_completed_once_its_result_is_zipped_setuid_bits_and_back
     body = "echo tool > tool\nchmod 4755 tool\necho evil > '..\\..\\evil.txt'\n"
     payload_id = await submitted(client, body)
     await start_prepared(client.ctx, time.time())
-    await wait_for(lambda: payload_status(payload_id) in DONE)
+
+    def done() -> bool:
+        status = payload_status(payload_id)
+        assert status != "Completed" or payloads.result_file(client.ctx, payload_id).exists()  # there before it
+        return status in DONE
+
+    await wait_for(done)
     assert payload_status(payload_id) == "Completed"
-    assert payloads.result_file(client.ctx, payload_id).exists()  # there before the Completed status
     response = await client.fetch(f"/retrieve/{payload_id}")
     archive = zipfile.ZipFile(io.BytesIO(response.body))
     assert archive.read(".._.._evil.txt") == b"evil\n"
