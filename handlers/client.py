@@ -1,7 +1,6 @@
 """The client's API, called by the server: submit, retrieve, partial retrieve, kill, events, status, load."""
 
 import asyncio
-import json
 import re
 
 from tornado.web import url
@@ -300,8 +299,7 @@ class Load(PayloadHandler):
             description: A bare number between 0 and 100.
             content: {application/json: {schema: {type: number, minimum: 0, maximum: 100}}}
         """
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(executors.of(self.ctx).percent(payloads.count(Status.RUNNING))))
+        self.write_json(executors.of(self.ctx).percent(payloads.count(Status.RUNNING)))
 
 
 def routes(ctx: Context) -> list:

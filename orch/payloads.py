@@ -258,10 +258,18 @@ async def wait_events(ctx: Context, after: int | None, wait: float) -> tuple[int
 
 async def partial_zip(ctx: Context, payload: Payload) -> BinaryIO:
     """A zip of the payload's folder as it is now (or was, at most a few seconds ago: one is shared by every
-    download meanwhile), open for reading; the caller closes it."""
+    download meanwhile), open for reading; the caller closes it. Only a running payload keeps its partial zip."""
     if not folder(ctx, payload.id).is_dir():
         raise NotFound(f"Payload {payload.id} has no files any more ({payload.status})", payload.id, payload.status)
-    return await zipping.partial(ctx, payload.id, folder(ctx, payload.id), partial_file(ctx, payload.id))
+    while True:
+        try:
+            zipped = await zipping.partial(ctx, payload.id, folder(ctx, payload.id), partial_file(ctx, payload.id))
+            break
+        except storage.ZipStopped:
+            pass  # its run was stopped meanwhile (killed, or out of time): a zip of what it left
+    if get(payload.id).status != Status.RUNNING:  # its run is over (or has not begun): the download keeps its copy
+        zipping.forget_partial(ctx, payload.id, partial_file(ctx, payload.id))
+    return zipped
 
 
 def _in_executor(function, *args) -> asyncio.Future:

@@ -57,7 +57,12 @@ async def _refusal_of(ctx: Context, payload: Payload) -> str | None:
 def _begin(ctx: Context, payload: Payload, now: float) -> bool:
     executor = executors.of(ctx)
     box = sandbox.of(ctx)
-    user = box.free_user([payloads.folder(ctx, payload_id) for payload_id, _ in payloads.running()])
+    if box.bwrap is None and not payload.network:
+        message = "its service cuts the network of its jobs, and this client runs jobs without a sandbox"
+        payloads.move(ctx, payload.id, Status.PREPARED, Status.FAILED, message, now=now)
+        return False
+    running = [payloads.folder(ctx, payload_id) for payload_id, _ in payloads.running()] if box.pool else []
+    user = box.free_user(running)
     if box.users and user is None:
         return False  # every job user has a payload running: this one waits for the first to end
     deadline = executor.deadline(payload, now)
@@ -66,13 +71,10 @@ def _begin(ctx: Context, payload: Payload, now: float) -> bool:
         ctx, payload.id, Status.PREPARED, Status.RUNNING, now=now, deadline=deadline, executor=executor.name
     ):
         return False
-    if box.bwrap is None and not payload.network:
-        message = "its service cuts the network of its jobs, and this client runs jobs without a sandbox"
-        payloads.move(ctx, payload.id, Status.RUNNING, Status.FAILED, message, now=now)
-        return False
     try:
         ending = executor.start(payloads.get(payload.id), user)
     except OSError as e:
+        box.take_back(payloads.folder(ctx, payload.id))  # it may have been handed to the job user already
         payloads.move(
             ctx, payload.id, Status.RUNNING, Status.FAILED, f"could not start {payloads.SCRIPT}: {e}", now=now
         )

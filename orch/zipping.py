@@ -46,11 +46,12 @@ class Zips:
         self.bulk = ThreadPoolExecutor(ZIP_THREADS, "zip-bulk")
         self.locks: dict[int, tuple[asyncio.Lock, int]] = {}  # payload id -> its lock, how many hold or wait
         self.stops: dict[int, Stop] = {}  # payload id -> the stop of its result's zip
+        self.partial_stops: dict[int, Stop] = {}  # payload id -> the stop of the partial zip it is building
         self.partials: dict[int, float] = {}  # payload id -> when its partial zip was built
 
     def close(self) -> None:
         """Stop every zip under way and let the threads go."""
-        for stop in self.stops.values():
+        for stop in [*self.stops.values(), *self.partial_stops.values()]:
             stop.halt()
         for pool in (self.quick, self.bulk):
             pool.shutdown(wait=False, cancel_futures=True)
@@ -68,7 +69,7 @@ async def result(ctx: Context, payload_id: int, folder: Path, dest: Path, deadli
 
     def expire() -> None:
         stop.expired = True
-        stop.halt()
+        _halt(zips, payload_id)
 
     timer = None
     if deadline is not None:
@@ -87,21 +88,30 @@ async def result(ctx: Context, payload_id: int, folder: Path, dest: Path, deadli
 
 
 def stop(ctx: Context, payload_id: int) -> None:
-    """Stop the zip of the payload's result, if one is under way."""
-    entry = _zips(ctx).stops.get(payload_id)
-    if entry is not None:
-        entry.halt()
+    """Stop the zips of the payload under way: its result's, and a partial one (which its result's waits for)."""
+    _halt(_zips(ctx), payload_id)
+
+
+def _halt(zips: Zips, payload_id: int) -> None:
+    for entry in (zips.stops.get(payload_id), zips.partial_stops.get(payload_id)):
+        if entry is not None:
+            entry.halt()
 
 
 async def partial(ctx: Context, payload_id: int, folder: Path, dest: Path) -> BinaryIO:
     """A zip of `folder` built at most PARTIAL_EVERY seconds ago (built now if there is none), kept at `dest` for
     the downloads to come, and open for reading (the caller closes it): a newer zip or the end of the run may
-    replace or remove `dest` at any time after."""
+    replace or remove `dest` at any time after. Raises storage.ZipStopped when `stop` is called for the payload
+    while it is being built."""
     zips = _zips(ctx)
     async with _one_at_a_time(zips, payload_id):
         built = zips.partials.get(payload_id)
         if built is None or not 0 <= ctx.clock() - built < PARTIAL_EVERY or not dest.exists():
-            await _zip(zips, folder, dest, None)
+            zips.partial_stops[payload_id] = Stop()
+            try:
+                await _zip(zips, folder, dest, zips.partial_stops[payload_id])
+            finally:
+                del zips.partial_stops[payload_id]
             zips.partials[payload_id] = ctx.clock()
         return open(dest, "rb")
 

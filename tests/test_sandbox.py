@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orch import sandbox
+from orch import processes, sandbox
 from orch.models import Payload
 from orch.states import FINISHED
 from tasks.runner import start_prepared
@@ -82,6 +82,21 @@ async def test_a_job_runs_as_the_job_user_with_its_folder_for_itself_and_gets_it
     assert (folder / "groups.txt").read_text().split() == [str(NOBODY)]  # no supplementary group
     assert (folder / "owner.txt").stat().st_uid == NOBODY
     assert (folder.stat().st_uid, stat.S_IMODE(folder.stat().st_mode)) == (0, 0o700)  # taken back
+
+
+async def test_a_job_whose_run_sh_cannot_start_gets_its_folder_taken_back_from_the_job_user(nodes, monkeypatch):
+    if not AS_ROOT:
+        pytest.skip("jobs run as another user only when the client runs as root")
+    client = nodes("client", script_blocklist="false")
+
+    def cannot_start(*args, **kwargs):
+        raise OSError("no luck")
+
+    monkeypatch.setattr(processes, "spawn", cannot_start)
+    payload = await run(client, "echo ran > ran.txt\n")
+    folder = client.config.data_path / str(payload.id)
+    assert (payload.status, payload.message) == ("Failed", "could not start run.sh: no luck")
+    assert folder.stat().st_uid == 0
 
 
 async def test_a_pool_of_job_users_gives_each_running_job_its_own_user_and_the_next_waits(nodes, shared):
@@ -202,6 +217,7 @@ async def test_a_job_whose_service_cuts_the_network_fails_on_a_client_without_sa
     assert payload.status == "Failed"
     assert "network" in payload.message and "without a sandbox" in payload.message
     assert not (client.config.data_path / str(payload.id) / "ran.txt").exists()
+    assert [(event.src, event.dst) for event in payload.events] == [(None, "Prepared"), ("Prepared", "Failed")]
 
 
 def without_bwrap(tmp_path: Path, monkeypatch) -> None:

@@ -24,7 +24,7 @@ from bench.slurm import SlurmCluster
 from orch import executors, payloads
 from orch.executors import Ending
 from orch.executors import slurm as slurm_executor
-from orch.executors.slurm_commands import Row
+from orch.executors.slurm_commands import Commands, Row
 from orch.models import Payload, transition
 from orch.states import FINISHED, Status
 from tasks.runner import start_prepared
@@ -437,3 +437,15 @@ def test_slurms_own_failure_states_end_the_payload_with_slurms_words(row, status
     """The states a one-node test cluster cannot bring about (no memory limits, no second node, no preemption), as
     squeue or sacct report them."""
     assert slurm_executor._ending("7", row) == Ending(None, message, status)
+
+
+async def test_squeue_reads_each_jobs_wait_status_as_its_exit_status_or_the_signal_that_killed_it(monkeypatch):
+    async def answer(*args) -> str:
+        statuses = ["0", "768", "9", "15", "65280", "", "127"]
+        return "".join(f"{job_id}|FAILED|{status}|None\n" for job_id, status in enumerate(statuses, 1))
+
+    commands = Commands.__new__(Commands)  # no Slurm needed: its answer is given
+    monkeypatch.setattr(commands, "run", answer)
+    rows = await commands.squeue("--jobs=1,2,3,4,5,6,7")
+    codes = {job_id: row.code for job_id, row in rows.items()}
+    assert codes == {"1": 0, "2": 3, "3": -9, "4": -15, "5": 255, "6": None, "7": None}  # 127: stopped, not ended

@@ -8,6 +8,8 @@ import stat
 import time
 import zipfile
 
+import pytest
+
 from orch import payloads, zipping
 from orch.models import Payload
 from orch.states import FINISHED
@@ -40,9 +42,14 @@ async def test_a_job_is_completed_once_its_result_is_zipped_setuid_bits_and_back
     body = "echo tool > tool\nchmod 4755 tool\necho evil > '..\\..\\evil.txt'\n"
     payload_id = await submitted(client, body)
     await start_prepared(client.ctx, time.time())
-    await wait_for(lambda: payload_status(payload_id) in DONE)
+
+    def done() -> bool:
+        status = payload_status(payload_id)
+        assert status != "Completed" or payloads.result_file(client.ctx, payload_id).exists()  # there before it
+        return status in DONE
+
+    await wait_for(done)
     assert payload_status(payload_id) == "Completed"
-    assert payloads.result_file(client.ctx, payload_id).exists()  # there before the Completed status
     response = await client.fetch(f"/retrieve/{payload_id}")
     archive = zipfile.ZipFile(io.BytesIO(response.body))
     assert archive.read(".._.._evil.txt") == b"evil\n"
@@ -115,3 +122,49 @@ async def test_partial_downloads_of_a_job_share_one_zip_built_at_most_every_few_
     (folder / "go").touch()
     await wait_for(lambda: payload_status(payload_id) in DONE)
     assert not payloads.partial_file(client.ctx, payload_id).exists()  # gone with the run
+
+
+async def test_a_partial_download_of_a_finished_job_leaves_nothing_of_its_zip_behind(nodes):
+    client = nodes("client")
+    payload_id = await submitted(client, "echo one > one.txt\n")
+    await start_prepared(client.ctx, time.time())
+    await wait_for(lambda: payload_status(payload_id) in DONE)
+
+    response = await client.fetch(f"/retrieve_partial/{payload_id}")
+    assert "one.txt" in zipfile.ZipFile(io.BytesIO(response.body)).namelist()
+    assert control_files(client) == [f"{payload_id}.exit", f"{payload_id}.zip"]
+    assert payload_id not in client.ctx.state(zipping.Zips).partials
+
+
+def partial_zip_reading_huge(client: Node, payload_id: int) -> bool:
+    """A partial zip of the payload is being written past its first bytes: it is reading huge.bin (its first file)."""
+    control = payloads.control_path(client.ctx)
+    return any(path.stat().st_size > 0 for path in control.glob(f".{payload_id}.partial.zip.*.tmp"))
+
+
+@pytest.mark.parametrize("stop", ["kill", "walltime"])
+async def test_a_stop_of_the_payload_stops_its_partial_zip_and_the_download_gets_what_is_left(nodes, stop):
+    client = nodes("client")
+    body = HUGE + "while [ ! -e go ]; do sleep 0.01; done\n"
+    payload_id = await submitted(client, body, **({"timeout": "5"} if stop == "walltime" else {}))
+    await start_prepared(client.ctx, time.time())
+    folder = payloads.folder(client.ctx, payload_id)
+    await wait_for(lambda: (folder / "huge.bin").exists())
+    download = asyncio.ensure_future(client.fetch(f"/retrieve_partial/{payload_id}"))
+    await wait_for(lambda: partial_zip_reading_huge(client, payload_id))
+    (folder / "huge.bin").unlink()  # the partial zip reads it to its end, unless stopped
+    (folder / "go").touch()
+    await wait_for(lambda: payload_id in client.ctx.state(zipping.Zips).stops)  # the result's zip waits for it
+
+    start = time.monotonic()
+    if stop == "kill":
+        code, answer = await client.json(f"/kill/{payload_id}", method="POST", body=b"")
+        assert (code, answer["status"]) == (200, "Killed")
+    else:
+        await wait_for(lambda: payload_status(payload_id) in DONE)
+        assert Payload.get_by_id(payload_id).message == "timeout: run.sh and the zip of its result took longer than 5 s"
+    assert time.monotonic() - start < 8
+
+    response = await download
+    assert sorted(zipfile.ZipFile(io.BytesIO(response.body)).namelist()) == ["go", "run.log", "run.sh"]
+    assert control_files(client) == [f"{payload_id}.exit"]

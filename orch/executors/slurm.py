@@ -332,6 +332,11 @@ async def _sbatch_gone(name: str) -> None:
     flag = f"--job-name={name}"
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        if not any(flag in (process.info["cmdline"] or []) for process in psutil.process_iter(["cmdline"])):
+        if not await asyncio.to_thread(_runs_with, flag):
             return
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+
+
+def _runs_with(arg: str) -> bool:
+    """Whether a process here has `arg` on its command line (blocking: it reads every process's)."""
+    return any(arg in (process.info["cmdline"] or []) for process in psutil.process_iter(["cmdline"]))

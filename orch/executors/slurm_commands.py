@@ -4,6 +4,7 @@ CommandFailed (transient when for want of an answer, to be tried again), their a
 
 import asyncio
 import logging
+import os
 import re
 import shutil
 from collections.abc import Awaitable, Callable
@@ -66,9 +67,7 @@ class Commands:
             parts = line.split("|", 3)
             if len(parts) == 4 and parts[0].isdigit():
                 job_id, state, status, reason = parts
-                code = int(status) if status.isdigit() else None
-                if code is not None:  # a wait status
-                    code = -(code & 0x7F) if code & 0x7F else code >> 8
+                code = _exit_code(status)
                 rows[job_id] = Row(job_id, state.split()[0], code, reason.strip())
         return rows
 
@@ -117,6 +116,14 @@ class Commands:
             message = re.sub(rf"^{name}: (error|fatal): ", "", lines[-1] if lines else f"exit {process.returncode}")
             raise CommandFailed(f"{name}: {message}", transient=bool(TRANSIENT.search(message)))
         return out.decode(errors="replace")
+
+
+def _exit_code(status: str) -> int | None:
+    """The exit status (negative: the signal that killed it) in a wait status; None when there is none."""
+    try:
+        return os.waitstatus_to_exitcode(int(status))
+    except (ValueError, OverflowError):  # no number, or not the status of an ended process
+        return None
 
 
 async def retried(what: str, call: Callable[..., Awaitable[T]], *args) -> T:
