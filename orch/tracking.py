@@ -21,6 +21,7 @@ from orch import attempts, jobs, members, peers
 from orch.config import ClientConfig
 from orch.context import Context
 from orch.errors import ClientError
+from orch.models import Job
 from orch.states import FINISHED, Status
 from orch.wire import EVENTS_WAIT, GONE
 
@@ -228,16 +229,15 @@ async def _poll_once(ctx: Context, job_id: int, now: float) -> None:
     try:
         answer = await ctx.clients.retrieve(client, jobs.destination(job), jobs.result_file(ctx, job))
     except ClientError as e:
-        if e.code == 404:
-            attempts.lose(ctx, job, f"the client no longer knows this job (payload {job.dest_id})", held=False)
-        elif e.code == GONE:
-            attempts.lose(ctx, job, e.message, held=False)
-        else:
+        if e.code not in (404, GONE):
             failed(ctx, client, now, e.message)
             if (why := lost(ctx, client.address, now)) is not None:
                 _lose(ctx, job_id, why)
             else:
                 log.warning("getter: job %s: %s", job_id, e.message)
+        elif (current := _as_polled(job)) is not None:
+            why = e.message if e.code == GONE else f"the client no longer knows this job (payload {job.dest_id})"
+            attempts.lose(ctx, current, why, held=False)
         return
     except Exception:
         log.exception("getter: job %s failed", job_id)
@@ -265,15 +265,20 @@ def _lose(ctx: Context, job_id: int, why: str) -> None:
         attempts.lose(ctx, job, f"lost contact with the {job.service} client {why}", held=True)
 
 
-def _finish(ctx: Context, job, dst: Status, message: str | None) -> None:
-    """Record what its client said of a polled job (as read before the poll): `dst`, from the status it is in
-    now if it is still on its client at the same attempt (an event may have marked it Running meanwhile); nothing
-    if it moved on (it ended, is being terminated, or is at another attempt: an answer is about the attempt it
-    was asked for)."""
-    current = Status(jobs.get(job.id).status)
-    if current not in POLLED or current == dst:
+def _as_polled(job: Job) -> Job | None:
+    """A polled job (as read before the poll) as it is now, if it is still on its client at the same attempt (an
+    event may have marked it Running meanwhile); None if it moved on (it ended, is being terminated, or is at
+    another attempt: an answer is about the attempt it was asked for)."""
+    current = jobs.get(job.id)
+    return current if current.status in POLLED and current.attempt == job.attempt else None
+
+
+def _finish(ctx: Context, job: Job, dst: Status, message: str | None) -> None:
+    """Record what its client said of a polled job (as read before the poll): `dst`, unless it moved on."""
+    current = _as_polled(job)
+    if current is None or current.status == dst:
         return
-    if jobs.move(ctx, job.id, current, dst, message, at_attempt=job.attempt) and dst in FINISHED:
+    if jobs.move(ctx, job.id, Status(current.status), dst, message, at_attempt=job.attempt) and dst in FINISHED:
         ctx.wake("sender")  # a slot is free
 
 

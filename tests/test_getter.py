@@ -1,5 +1,6 @@
 """The server's getter tick (`tasks.getter.poll_dispatched`) against a real client app over loopback HTTP."""
 
+import asyncio
 import io
 import logging
 import time
@@ -8,7 +9,8 @@ import zipfile
 import pytest
 
 from orch import jobs
-from orch.models import Job, Payload
+from orch.models import Job, Payload, transition
+from orch.states import Status
 from tasks.getter import poll_dispatched
 from tasks.runner import start_prepared
 from tasks.sender import send_queued
@@ -115,6 +117,21 @@ async def test_a_job_its_client_no_longer_knows_becomes_unknown_with_the_reason(
     _, answer = await server.json(f"/download/{job_id}")
     assert (answer["status"], answer["message"]) == ("Unknown", job.message)
     assert await poll(server) == 0
+
+
+async def test_a_job_its_client_no_longer_knows_ends_unknown_even_if_an_event_marked_it_running_meanwhile(
+    server, client
+):
+    """The answer comes after the client's event stream moved the job on (Submitted to Running): it is about the
+    same attempt, so it still ends the job."""
+    job_id, payload_id = await dispatched(server, script("exit 0\n"))
+    Payload.delete().where(Payload.id == payload_id).execute()  # the client lost it
+    assert await poll_dispatched(server.ctx, time.time()) == 1
+    await asyncio.sleep(0)  # the poll has read the job and waits for the client's answer
+    assert transition(Job, job_id, Status.SUBMITTED, Status.RUNNING, time.time())
+    await server.settle()
+    job = Job.get_by_id(job_id)
+    assert job.status == "Unknown" and "no longer knows" in job.message
 
 
 async def test_a_client_that_is_down_leaves_the_job_as_it_is_and_it_is_polled_again_after_a_backoff(
