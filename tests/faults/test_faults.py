@@ -137,9 +137,9 @@ def test_server_killed_during_an_upload_leaves_its_folder_in_quarantine_only(clu
         )
         data = nodes.server.folder / "data" / "server"
         wait(
-            lambda: any(path.is_dir() for path in data.iterdir()) if data.exists() else False,
+            lambda: any((path / "run.sh").is_file() for path in data.iterdir()) if data.exists() else False,
             what="the upload to be received",
-        )
+        )  # its file, not only its folder (made as the request comes in, before the body is read)
         nodes.server.kill()
     nodes.server.start()
     assert not [path.name for path in data.iterdir() if not path.name.startswith(".")]
